@@ -1,0 +1,7 @@
+"""`python -m certs` is `cfo-certs`."""
+
+import sys
+
+from certs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,71 @@
+"""The user-facing contract shared by the webhook, the controller and the agent.
+
+Annotation names, the release-id pattern and the names of everything we inject live here,
+once, so that the three components cannot drift apart. Nothing in this package does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+PREFIX = "customer-friendly.dev/"
+
+# Annotations a user sets on the Deployment's metadata (never on the pod template, so that
+# changing a release never triggers a native rollout).
+ENABLED = PREFIX + "enabled"
+RELEASE = PREFIX + "release"
+SOURCE = PREFIX + "source"
+CONTAINER = PREFIX + "container"
+CODE_PATH = PREFIX + "code-path"
+RESTART = PREFIX + "restart"
+PRE_STOP_SECONDS = PREFIX + "pre-stop-seconds"
+MAX_REQUEST_SECONDS = PREFIX + "max-request-seconds"
+MAX_UNAVAILABLE = PREFIX + "max-unavailable"
+CANARY = PREFIX + "canary"
+VOLUME = PREFIX + "volume"
+STORAGE_CLASS = PREFIX + "storage-class"
+PAUSED = PREFIX + "paused"
+
+# Written by the controller.
+ROLLOUT = PREFIX + "rollout"
+
+USER_ANNOTATIONS = (
+    ENABLED, RELEASE, SOURCE, CONTAINER, CODE_PATH, RESTART, PRE_STOP_SECONDS,
+    MAX_REQUEST_SECONDS, MAX_UNAVAILABLE, CANARY, VOLUME, STORAGE_CLASS, PAUSED,
+)
+KNOWN_ANNOTATIONS = frozenset((*USER_ANNOTATIONS, ROLLOUT))
+
+RELEASE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+RELEASE_ID = re.compile(RELEASE_ID_PATTERN)
+RELEASE_PLACEHOLDER = "{release}"
+SOURCE_SCHEMES = ("s3://", "https://", "file://")
+
+RESTART_MODES = ("phased", "hot")
+VOLUME_KINDS = ("efs", "emptyDir")
+
+# Names of what the webhook injects. They double as the markers that make the mutation
+# idempotent: an object that already carries them is updated in place, never duplicated.
+CODE_VOLUME = "cfo-code"
+FETCH_CONTAINER = "cfo-fetch"
+AGENT_CONTAINER = "cfo-agent"
+AGENT_PORT_NAME = "cfo-agent"
+RELEASE_CONFIGMAP_KEY = "release"
+# Pod-template annotation recording the values we injected, so that a later mutation can
+# tell our preStop and grace period from the user's own (which are never shortened).
+INJECTED = PREFIX + "injected"
+
+_MAX_NAME = 253
+
+
+def release_configmap_name(deployment_name: str) -> str:
+    """Name of the ConfigMap holding a Deployment's wanted release.
+
+    Deterministic, so the webhook and the controller agree without talking; long names are
+    shortened with a hash so that the result is still a valid, unique object name.
+    """
+    name = f"{deployment_name}-cfo-release"
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(deployment_name.encode()).hexdigest()[:10]
+    return f"{deployment_name[:_MAX_NAME - len(digest) - 13]}-{digest}-cfo-release"

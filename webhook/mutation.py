@@ -1,0 +1,291 @@
+"""The mutation: a Deployment in, the same Deployment prepared for in-place releases out.
+
+Pure and idempotent: it edits a deep copy, recognises what it injected before by name
+(see `contract`) and replaces it rather than adding it twice, so mutating its own output
+changes nothing. The JSON patch is computed from the difference elsewhere (`review`).
+
+Values that must never change when only the release changes (which would start a native
+rollout and replace every pod) are pinned at first injection: the fallback release and
+source. The live values come from the release ConfigMap that the controller maintains.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import contract as c
+from webhook.policy import Policy
+from webhook.settings import Refusal, Settings
+
+Obj = dict[str, Any]
+
+# What Kubernetes assumes when a pod spec does not say.
+_DEFAULT_GRACE_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Injected:
+    """What the previous mutation chose, recorded on the pod template.
+
+    The `*_base` fields are the user's own values as we first found them, so that ours can
+    be lowered again later without ever going below what the user asked for.
+    """
+
+    pre_stop_seconds: int | None = None
+    pre_stop_base: int | None = None
+    grace_seconds: int | None = None
+    grace_base: int | None = None
+
+    def to_annotation(self) -> str:
+        return json.dumps(
+            {"preStopSeconds": self.pre_stop_seconds, "preStopBase": self.pre_stop_base,
+             "terminationGracePeriodSeconds": self.grace_seconds, "graceBase": self.grace_base},
+            sort_keys=True, separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_annotation(cls, text: str | None) -> Injected:
+        try:
+            data = json.loads(text) if text else {}
+        except json.JSONDecodeError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        ints = {k: v if isinstance(v, int) and not isinstance(v, bool) else None for k, v in data.items()}
+        return cls(ints.get("preStopSeconds"), ints.get("preStopBase"),
+                   ints.get("terminationGracePeriodSeconds"), ints.get("graceBase"))
+
+
+def _floor(current: int | None, ours_before: int | None, base_before: int | None,
+           wanted: int) -> tuple[int, int | None]:
+    """(value, user's base) for a setting we may raise but must never push below the user's.
+
+    A current value equal to what we set last time is ours; anything else is the user's and
+    becomes the new floor.
+    """
+    base = base_before if current is not None and current == ours_before else current
+    return max(wanted, base if base is not None else 0), base
+
+
+def _sleep_seconds(pre_stop: Obj | None) -> int | None:
+    """Seconds of a sleep-only preStop (the action or an exec of `sleep N`), else None."""
+    if not pre_stop:
+        return None
+    sleep = pre_stop.get("sleep")
+    if isinstance(sleep, dict) and isinstance(sleep.get("seconds"), int) and len(pre_stop) == 1:
+        return sleep["seconds"]
+    command = (pre_stop.get("exec") or {}).get("command")
+    if (isinstance(command, list) and len(command) == 2 and command[0] in ("sleep", "/bin/sleep")
+            and str(command[1]).isdigit() and len(pre_stop) == 1):
+        return int(command[1])
+    return None
+
+
+def _pre_stop_hook(seconds: int, policy: Policy) -> Obj:
+    if policy.preStopSleepAction:
+        return {"sleep": {"seconds": seconds}}
+    return {"exec": {"command": ["sleep", str(seconds)]}}
+
+
+def _replace_or_append(items: list[Obj], item: Obj, key: str = "name") -> list[Obj]:
+    out = [item if existing.get(key) == item[key] else existing for existing in items]
+    if not any(existing.get(key) == item[key] for existing in items):
+        out.append(item)
+    return out
+
+
+def _env_value(container: Obj | None, name: str) -> str | None:
+    for env in (container or {}).get("env") or []:
+        if env.get("name") == name and "value" in env:
+            return env["value"]
+    return None
+
+
+def code_volume(settings: Settings, policy: Policy) -> Obj:
+    if settings.volume == "emptyDir":
+        return {"name": c.CODE_VOLUME, "emptyDir": {"sizeLimit": policy.emptyDirSizeLimit}}
+    return {
+        "name": c.CODE_VOLUME,
+        "ephemeral": {
+            "volumeClaimTemplate": {
+                "metadata": {"labels": {"app.kubernetes.io/managed-by": "customer-friendly-operator"}},
+                "spec": {
+                    # One EFS access point per pod: the claim lives and dies with the pod.
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": settings.storage_class,
+                    "resources": {"requests": {"storage": policy.volumeSize}},
+                },
+            }
+        },
+    }
+
+
+def agent_env(deployment_name: str, settings: Settings, policy: Policy,
+              fallback_release: str, fallback_source: str, app_container: str) -> list[Obj]:
+    """The agent's configuration; names match `cfo-agent --help`."""
+    cm = c.release_configmap_name(deployment_name)
+
+    def from_cm(key: str) -> Obj:
+        return {"configMapKeyRef": {"name": cm, "key": key, "optional": True}}
+
+    env: list[Obj] = [
+        {"name": "CFO_RELEASE", "valueFrom": from_cm(c.RELEASE_CONFIGMAP_KEY)},
+        {"name": "CFO_RELEASE_DEFAULT", "value": fallback_release},
+        {"name": "CFO_SOURCE", "valueFrom": from_cm("source")},
+        {"name": "CFO_SOURCE_DEFAULT", "value": fallback_source},
+        {"name": "CFO_CODE_PATH", "value": settings.code_path},
+        {"name": "CFO_APP_CONTAINER", "value": app_container},
+        {"name": "CFO_KEEP_RELEASES", "value": str(policy.keepReleases)},
+        {"name": "CFO_REQUIRE_SHA256", "value": "true" if policy.requireSha256 else "false"},
+        {"name": "CFO_AGENT_PORT", "value": str(policy.agentPort)},
+        {"name": "CFO_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "CFO_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    if policy.agentClientCA:
+        env.append({"name": "CFO_CLIENT_CA", "value": policy.agentClientCA})
+    return env
+
+
+def _agent_security_context(app: Obj) -> Obj:
+    """Least privilege. Signalling Puma needs the app's UID, or CAP_KILL when it is unknown."""
+    app_ctx = app.get("securityContext") or {}
+    ctx: Obj = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}
+    if "runAsUser" in app_ctx:
+        ctx["runAsUser"] = app_ctx["runAsUser"]
+        if "runAsGroup" in app_ctx:
+            ctx["runAsGroup"] = app_ctx["runAsGroup"]
+        ctx["capabilities"] = {"drop": ["ALL"]}
+    else:
+        ctx["capabilities"] = {"drop": ["ALL"], "add": ["KILL"]}
+    return ctx
+
+
+def _agent_container(name: str, mode: str, env: list[Obj], settings: Settings, policy: Policy,
+                     app: Obj) -> Obj:
+    container: Obj = {
+        "name": name,
+        "image": policy.agentImage,
+        "imagePullPolicy": policy.agentImagePullPolicy,
+        "args": [mode],
+        "env": env,
+        "volumeMounts": [{"name": c.CODE_VOLUME, "mountPath": settings.code_path}],
+        "resources": {
+            "requests": {"cpu": policy.agentCpuRequest, "memory": policy.agentMemoryRequest},
+            "limits": {"memory": policy.agentMemoryLimit},
+        },
+        "securityContext": _agent_security_context(app),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if mode == "serve":
+        container["ports"] = [{"name": c.AGENT_PORT_NAME, "containerPort": policy.agentPort,
+                               "protocol": "TCP"}]
+        container["readinessProbe"] = {
+            "httpGet": {"path": "/healthz", "port": c.AGENT_PORT_NAME, "scheme": "HTTPS"},
+            "periodSeconds": 10,
+        }
+    return container
+
+
+def _mount_code(app: Obj, settings: Settings) -> Obj:
+    mounts = [m for m in app.get("volumeMounts") or [] if m.get("name") != c.CODE_VOLUME]
+    for mount in mounts:
+        if mount.get("mountPath") == settings.code_path:
+            raise Refusal(
+                f"container {app['name']} already mounts volume {mount.get('name')} at "
+                f"{settings.code_path}, where the code volume must go: set annotation "
+                f"{c.CODE_PATH} to another path or remove that mount"
+            )
+    app["volumeMounts"] = [*mounts, {"name": c.CODE_VOLUME, "mountPath": settings.code_path}]
+    return app
+
+
+def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, list[str]]:
+    """Return a prepared copy of an opted-in Deployment and the warnings for the user."""
+    out = copy.deepcopy(deployment)
+    warnings: list[str] = []
+    name = out.get("metadata", {}).get("name") or out.get("metadata", {}).get("generateName", "")
+    template = out.setdefault("spec", {}).setdefault("template", {})
+    template_meta = template.setdefault("metadata", {})
+    template_annotations = template_meta.setdefault("annotations", {})
+    pod = template.setdefault("spec", {})
+    injected = Injected.from_annotation(template_annotations.get(c.INJECTED))
+
+    for volume in pod.get("volumes") or []:
+        if volume.get("name") == c.CODE_VOLUME and "ephemeral" not in volume and "emptyDir" not in volume:
+            raise Refusal(f"the pod template already has a volume named {c.CODE_VOLUME}, a name "
+                          "reserved for the code volume: rename it")
+    if pod.get("shareProcessNamespace") is False:
+        warnings.append("shareProcessNamespace was false; it is set to true so that the agent can "
+                        "signal Puma")
+    pod["shareProcessNamespace"] = True
+    pod["volumes"] = _replace_or_append(pod.get("volumes") or [], code_volume(settings, policy))
+
+    containers = [ct for ct in pod.get("containers") or [] if ct.get("name") != c.AGENT_CONTAINER]
+    app = next(ct for ct in containers if ct.get("name") == settings.container)
+    _mount_code(app, settings)
+
+    # preStop: ours is a plain sleep; any other hook is the user's and is kept as it is.
+    lifecycle = app.setdefault("lifecycle", {})
+    current_sleep = _sleep_seconds(lifecycle.get("preStop"))
+    pre_stop, pre_stop_base = injected.pre_stop_seconds, injected.pre_stop_base
+    if lifecycle.get("preStop") and current_sleep is None:
+        pre_stop, pre_stop_base = None, None
+        warnings.append(
+            f"container {app['name']} has its own preStop hook, which is kept: make sure it waits at "
+            f"least {settings.pre_stop_seconds}s before Puma gets SIGTERM"
+        )
+        effective_pre_stop = settings.pre_stop_seconds
+    else:
+        pre_stop, pre_stop_base = _floor(current_sleep, injected.pre_stop_seconds,
+                                         injected.pre_stop_base, settings.pre_stop_seconds)
+        effective_pre_stop = pre_stop
+        if pre_stop > 0:
+            lifecycle["preStop"] = _pre_stop_hook(pre_stop, policy)
+        else:
+            lifecycle.pop("preStop", None)
+    if not lifecycle:
+        app.pop("lifecycle")
+
+    wanted_grace = effective_pre_stop + settings.max_request_seconds + policy.graceMarginSeconds
+    grace, grace_base = _floor(pod.get("terminationGracePeriodSeconds"), injected.grace_seconds,
+                               injected.grace_base, wanted_grace)
+    pod["terminationGracePeriodSeconds"] = grace
+
+    # The fallback release/source are pinned when first injected: see the module docstring.
+    previous_fetch = next((ct for ct in pod.get("initContainers") or [] if ct.get("name") == c.FETCH_CONTAINER),
+                          None)
+    fallback_release = _env_value(previous_fetch, "CFO_RELEASE_DEFAULT") or settings.release
+    fallback_source = _env_value(previous_fetch, "CFO_SOURCE_DEFAULT") or settings.source
+    env = agent_env(name, settings, policy, fallback_release, fallback_source, app["name"])
+    fetch = _agent_container(c.FETCH_CONTAINER, "fetch", env, settings, policy, app)
+    agent = _agent_container(c.AGENT_CONTAINER, "serve", env, settings, policy, app)
+
+    user_inits = [ct for ct in pod.get("initContainers") or []
+                  if ct.get("name") not in (c.FETCH_CONTAINER, c.AGENT_CONTAINER)]
+    if policy.nativeSidecars:
+        agent["restartPolicy"] = "Always"
+        # Ours first: the user's init containers (asset builds, checks) may need the code.
+        pod["initContainers"] = [fetch, agent, *user_inits]
+    else:
+        pod["initContainers"] = [fetch, *user_inits]
+        containers.append(agent)
+    pod["containers"] = containers
+
+    template_annotations[c.INJECTED] = Injected(pre_stop, pre_stop_base, grace, grace_base).to_annotation()
+    warnings += _advice(out, app)
+    return out, warnings
+
+
+def _advice(deployment: Obj, app: Obj) -> list[str]:
+    """Warnings for specs that work but put requests at risk."""
+    advice = []
+    if not app.get("readinessProbe"):
+        advice.append(f"container {app['name']} has no readinessProbe: new pods will get traffic before "
+                      "Puma listens")
+    if (deployment.get("spec", {}).get("strategy") or {}).get("type") == "Recreate":
+        advice.append("strategy Recreate stops every pod at once on an image change; in-place releases "
+                      "are unaffected, but consider RollingUpdate")
+    return advice

@@ -1,0 +1,220 @@
+"""The cluster-wide policy: defaults and bounds for every opted-in Deployment.
+
+It is the ConfigMap `customer-friendly-policy`. Its data keys (camelCase strings) map one
+to one onto the fields below. Parsing is pure and strict: an unknown key or a bad value is
+an error naming the key, so that a typo in the policy never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from contract import RESTART_MODES, SOURCE_SCHEMES, VOLUME_KINDS
+
+POLICY_CONFIGMAP = "customer-friendly-policy"
+INSTALL_NAMESPACE = "customer-friendly-system"
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+_PERCENT_OR_INT = re.compile(r"^([0-9]+)(%?)$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+class PolicyError(ValueError):
+    """An invalid policy; the message names the key and what it accepts."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Cluster defaults; per-Deployment annotations override them within the bounds."""
+
+    agentImage: str = "ghcr.io/customer-friendly/agent:0.1.0"
+    """Image of the init container and the agent sidecar."""
+    agentImagePullPolicy: str = "IfNotPresent"
+    agentPort: int = 9443
+    """Port of the agent's mutual-TLS API inside the pod."""
+    agentClientCA: str = ""
+    """PEM of the CA that signs the controller's client certificate; the agent trusts only it."""
+    agentCpuRequest: str = "10m"
+    agentMemoryRequest: str = "32Mi"
+    agentMemoryLimit: str = "128Mi"
+
+    restart: str = "phased"
+    preStopSeconds: int = 15
+    maxPreStopSeconds: int = 120
+    """Upper bound for the `pre-stop-seconds` annotation."""
+    maxRequestSeconds: int = 30
+    maxMaxRequestSeconds: int = 3600
+    """Upper bound for the `max-request-seconds` annotation."""
+    graceMarginSeconds: int = 10
+    """Added to preStop + the longest request to size terminationGracePeriodSeconds."""
+
+    maxUnavailable: str = "50%"
+    canary: int = 1
+    autoRollback: bool = True
+    """Roll pods already updated back to the previous release when a rollout fails."""
+
+    volume: str = "efs"
+    storageClass: str = "efs-sc"
+    volumeSize: str = "1Gi"
+    """Requested size of the per-pod EFS claim (EFS does not enforce it; the API requires one)."""
+    emptyDirSizeLimit: str = "2Gi"
+    keepReleases: int = 3
+    """Releases kept on each pod's volume for fast rollback."""
+
+    allowedSourcePrefixes: tuple[str, ...] = ()
+    """Release sources must start with one of these; empty allows any s3://, https:// or file:// URI."""
+    requireSha256: bool = False
+    """Refuse artifacts that have no `.sha256` beside them."""
+
+    nativeSidecars: bool = True
+    """The cluster is 1.29+: the agent runs as an init container with restartPolicy Always."""
+    preStopSleepAction: bool = True
+    """The cluster is 1.30+: preStop uses the `sleep` action rather than an exec of `sleep`."""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def _fail(key: str, accepts: str, value: object) -> PolicyError:
+    return PolicyError(f"policy key {key}={value!r} is invalid: it accepts {accepts}")
+
+
+def _validate(p: Policy) -> None:
+    if not p.agentImage:
+        raise _fail("agentImage", "a container image reference", p.agentImage)
+    if p.agentImagePullPolicy not in ("Always", "IfNotPresent", "Never"):
+        raise _fail("agentImagePullPolicy", "Always, IfNotPresent or Never", p.agentImagePullPolicy)
+    if not 1 <= p.agentPort <= 65535:
+        raise _fail("agentPort", "a port number from 1 to 65535", p.agentPort)
+    if p.agentClientCA and "BEGIN CERTIFICATE" not in p.agentClientCA:
+        raise _fail("agentClientCA", "a PEM certificate bundle", "<not PEM>")
+    for key in ("agentCpuRequest", "agentMemoryRequest", "agentMemoryLimit", "volumeSize", "emptyDirSizeLimit"):
+        value = getattr(p, key)
+        if not _QUANTITY.match(value) and not (key == "agentCpuRequest" and re.match(r"^[0-9]+m$", value)):
+            raise _fail(key, "a Kubernetes quantity such as 64Mi or 1Gi", value)
+    if p.restart not in RESTART_MODES:
+        raise _fail("restart", " or ".join(RESTART_MODES), p.restart)
+    if not 0 <= p.maxPreStopSeconds <= 3600:
+        raise _fail("maxPreStopSeconds", "whole seconds from 0 to 3600", p.maxPreStopSeconds)
+    if not 0 <= p.preStopSeconds <= p.maxPreStopSeconds:
+        raise _fail("preStopSeconds", f"whole seconds from 0 to maxPreStopSeconds ({p.maxPreStopSeconds})",
+                    p.preStopSeconds)
+    if not 1 <= p.maxMaxRequestSeconds <= 86400:
+        raise _fail("maxMaxRequestSeconds", "whole seconds from 1 to 86400", p.maxMaxRequestSeconds)
+    if not 1 <= p.maxRequestSeconds <= p.maxMaxRequestSeconds:
+        raise _fail("maxRequestSeconds",
+                    f"whole seconds from 1 to maxMaxRequestSeconds ({p.maxMaxRequestSeconds})",
+                    p.maxRequestSeconds)
+    if not 0 <= p.graceMarginSeconds <= 600:
+        raise _fail("graceMarginSeconds", "whole seconds from 0 to 600", p.graceMarginSeconds)
+    if parse_max_unavailable(p.maxUnavailable) is None:
+        raise _fail("maxUnavailable", "a whole number of pods (N >= 1) or a percentage (1% to 100%)",
+                    p.maxUnavailable)
+    if p.canary < 0:
+        raise _fail("canary", "a whole number of pods, 0 or more", p.canary)
+    if p.volume not in VOLUME_KINDS:
+        raise _fail("volume", " or ".join(VOLUME_KINDS), p.volume)
+    if not DNS_SUBDOMAIN.match(p.storageClass):
+        raise _fail("storageClass", "a StorageClass name (lower-case DNS subdomain)", p.storageClass)
+    if not 1 <= p.keepReleases <= 50:
+        raise _fail("keepReleases", "a whole number from 1 to 50", p.keepReleases)
+    for prefix in p.allowedSourcePrefixes:
+        if not prefix.startswith(SOURCE_SCHEMES):
+            raise _fail("allowedSourcePrefixes", "URI prefixes starting with " + ", ".join(SOURCE_SCHEMES),
+                        prefix)
+
+
+def parse_max_unavailable(value: str) -> tuple[int, bool] | None:
+    """`N` or `N%` as (number, is_percent), or None when it is neither (or out of range)."""
+    match = _PERCENT_OR_INT.match(value.strip())
+    if not match:
+        return None
+    number, percent = int(match.group(1)), bool(match.group(2))
+    if number < 1 or (percent and number > 100):
+        return None
+    return number, percent
+
+
+_FIELDS = {f.name: f for f in fields(Policy)}
+
+
+def _coerce(key: str, raw: str, kind: object) -> object:
+    text = raw.strip()
+    if kind in (int, "int"):
+        if not re.fullmatch(r"-?[0-9]+", text):
+            raise _fail(key, "a whole number", raw)
+        return int(text)
+    if kind in (bool, "bool"):
+        if text.lower() not in ("true", "false"):
+            raise _fail(key, '"true" or "false"', raw)
+        return text.lower() == "true"
+    if kind in (tuple[str, ...], "tuple[str, ...]"):
+        # A YAML/JSON list, or one prefix per line / comma separated.
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise _fail(key, "a JSON list of strings, or one entry per line", raw) from err
+        else:
+            items = [part for line in text.splitlines() for part in line.split(",")]
+        return tuple(str(item).strip() for item in items if str(item).strip())
+    return raw if key == "agentClientCA" else text
+
+
+def policy_from_mapping(data: Mapping[str, object]) -> Policy:
+    """Build a Policy from ConfigMap data; unknown keys are refused, so typos are caught."""
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise PolicyError(f"unknown policy key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(_FIELDS))}")
+    values: dict[str, object] = {}
+    for key, raw in data.items():
+        kind = _FIELDS[key].type
+        if isinstance(raw, bool | int) and kind in (int, bool, "int", "bool"):
+            values[key] = raw
+        elif isinstance(raw, list):
+            values[key] = tuple(str(item) for item in raw)
+        else:
+            values[key] = _coerce(key, str(raw), kind)
+    return Policy(**values)  # type: ignore[arg-type]
+
+
+def policy_to_mapping(policy: Policy) -> dict[str, str]:
+    """The ConfigMap data form of a policy (the inverse of `policy_from_mapping`)."""
+    out: dict[str, str] = {}
+    for key in _FIELDS:
+        value = getattr(policy, key)
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, tuple):
+            out[key] = "\n".join(value)
+        else:
+            out[key] = str(value)
+    return out
+
+
+def read_policy_path(path: Path) -> Policy:
+    """A mounted ConfigMap (a directory, one file per key) or a YAML file of the data map."""
+    if path.is_dir():
+        data = {
+            entry.name: entry.read_text()
+            for entry in sorted(path.iterdir())
+            if not entry.name.startswith(".") and entry.is_file()
+        }
+    else:
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise PolicyError(f"{path}: the policy file must be a mapping of keys to values")
+        # Accept a whole ConfigMap manifest as well as its bare data map.
+        data = loaded.get("data", loaded) if loaded.get("kind") == "ConfigMap" else loaded
+    return policy_from_mapping(data)
+
+
+def replace(policy: Policy, **changes: object) -> Policy:
+    return dataclasses.replace(policy, **changes)  # type: ignore[arg-type]
