@@ -102,6 +102,8 @@ def gunicorn_options(args: argparse.Namespace, tls: ReloadingTLS) -> dict[str, A
         "keyfile": str(args.key),
         "ssl_context": lambda _conf, _default_factory: tls.context(),
         "accesslog": None,
+        # Gunicorn 23+ opens a control socket under $HOME; the container's root FS is read-only.
+        "control_socket_disable": True,
         "loglevel": args.log_level,
     }
 
