@@ -98,8 +98,8 @@ class SecretStore:
         data = self._read(name)
         if data is None:
             return None
-        decode = lambda k: base64.b64decode(data[k]) if k in data else None  # noqa: E731
-        return _pair_or_none(decode("tls.crt"), decode("tls.key"), f"secret {secret_name(name)}")
+        cert, key = (base64.b64decode(data[k]) if k in data else None for k in ("tls.crt", "tls.key"))
+        return _pair_or_none(cert, key, f"secret {secret_name(name)}")
 
     def save(self, result: Plan) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -38,6 +38,12 @@ KNOWN_ANNOTATIONS = frozenset((*USER_ANNOTATIONS, ROLLOUT))
 
 RELEASE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 RELEASE_ID = re.compile(RELEASE_ID_PATTERN)
+
+
+def is_release_id(value: str) -> bool:
+    """True for a valid release id. fullmatch, because `$` alone would accept "v1\\n"."""
+    return RELEASE_ID.fullmatch(value) is not None
+
 RELEASE_PLACEHOLDER = "{release}"
 SOURCE_SCHEMES = ("s3://", "https://", "file://")
 

@@ -242,7 +242,9 @@ def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, li
         pre_stop, pre_stop_base = _floor(current_sleep, injected.pre_stop_seconds,
                                          injected.pre_stop_base, settings.pre_stop_seconds)
         effective_pre_stop = pre_stop
-        if pre_stop > 0:
+        if pre_stop == pre_stop_base == current_sleep:
+            pass  # the user's own sleep already waits long enough: keep it exactly as written
+        elif pre_stop > 0:
             lifecycle["preStop"] = _pre_stop_hook(pre_stop, policy)
         else:
             lifecycle.pop("preStop", None)

@@ -88,7 +88,7 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
     if not release:
         raise Refusal(f"annotation {c.RELEASE} is required when {c.ENABLED} is \"true\": "
                       "set it to the release id to serve, such as v42")
-    if not c.RELEASE_ID.match(release):
+    if not c.is_release_id(release):
         raise _refuse(c.RELEASE, release, "a release id matching " + c.RELEASE_ID_PATTERN
                       + " (letters, digits, '.', '_' and '-', at most 63 characters)")
     source = annotations.get(c.SOURCE, "")

@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,7 +164,7 @@ class ControlPlane:
         self.processes.append(process)
         return process
 
-    def _wait(self, process: _Process, ready: callable, timeout: float) -> None:  # type: ignore[valid-type]
+    def _wait(self, process: _Process, ready: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.proc.poll() is not None:

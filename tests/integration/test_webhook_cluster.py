@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from tests.harness.controlplane import ControlPlane, ROOT
+from tests.harness.controlplane import ROOT, ControlPlane
 from tests.harness.webhook import WebhookServer
 from tests.integration.conftest import Kube
 

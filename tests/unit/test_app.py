@@ -1,0 +1,53 @@
+"""The Flask glue, through Flask's own test client (in-process HTTP, no mocks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from webhook.app import create_app
+from webhook.config import WebhookConfig
+
+FIXTURE = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "deployment.json").read_text())
+REVIEW = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+    "uid": "abc", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+    "operation": "CREATE", "namespace": "shop", "name": "web", "object": FIXTURE}}
+
+
+def test_create_app_needs_no_arguments_and_serves_healthz() -> None:
+    response = create_app().test_client().get("/healthz")
+    assert response.status_code == 200 and response.json["status"] == "ok"
+
+
+def test_mutate_answers_a_review_with_a_patch() -> None:
+    response = create_app().test_client().post("/mutate", json=REVIEW)
+    assert response.status_code == 200
+    assert response.json["response"]["uid"] == "abc"
+    assert response.json["response"]["patchType"] == "JSONPatch"
+
+
+def test_a_body_that_is_not_json_is_a_400() -> None:
+    response = create_app().test_client().post("/mutate", data=b"{nope", content_type="application/json")
+    assert response.status_code == 400
+    assert "malformed AdmissionReview" in response.json["error"]
+
+
+def test_a_review_without_a_uid_is_a_400() -> None:
+    response = create_app().test_client().post("/mutate", json={**REVIEW, "request": {"operation": "CREATE"}})
+    assert response.status_code == 400
+
+
+def test_a_body_over_the_size_limit_is_a_413() -> None:
+    app = create_app(WebhookConfig(max_review_bytes=1024))
+    response = app.test_client().post("/mutate", data=b"{" + b" " * 2048 + b"}", content_type="application/json")
+    assert response.status_code == 413
+
+
+def test_metrics_count_reviews_by_outcome() -> None:
+    client = create_app().test_client()
+    client.post("/mutate", json=REVIEW)
+    client.post("/mutate", data=b"x", content_type="application/json")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'cfo_webhook_admission_reviews_total{outcome="mutated"} 1.0' in text
+    assert 'cfo_webhook_admission_reviews_total{outcome="bad_request"} 1.0' in text
+    assert "cfo_webhook_policy_invalid 0.0" in text

@@ -1,0 +1,296 @@
+"""The pure mutation, table-driven from JSON fixtures. No mocks: it is template in, template out."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import contract as c
+from webhook.mutation import mutate
+from webhook.policy import Policy
+from webhook.settings import Refusal, resolve, unknown_annotation_warnings
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+BASE = json.loads((FIXTURES / "deployment.json").read_text())
+RESPECTED = json.loads((FIXTURES / "respected.json").read_text())
+
+
+def deployment(**annotations: str | None) -> dict[str, Any]:
+    obj = copy.deepcopy(BASE)
+    for key, value in annotations.items():
+        name = c.PREFIX + key.replace("_", "-")
+        if value is None:
+            obj["metadata"]["annotations"].pop(name, None)
+        else:
+            obj["metadata"]["annotations"][name] = value
+    return obj
+
+
+def run(obj: dict[str, Any], policy: Policy | None = None) -> tuple[dict[str, Any], list[str]]:
+    policy = policy or Policy()
+    containers = [ct["name"] for ct in obj["spec"]["template"]["spec"]["containers"]
+                  if ct["name"] != c.AGENT_CONTAINER]
+    settings = resolve(obj["metadata"]["annotations"], containers, policy)
+    return mutate(obj, settings, policy)
+
+
+def pod(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj["spec"]["template"]["spec"]
+
+
+def named(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(item for item in items if item["name"] == name)
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+# --- each injected piece ----------------------------------------------------------------
+
+def test_the_pod_shares_its_process_namespace_so_the_agent_can_signal_puma() -> None:
+    assert pod(run(deployment())[0])["shareProcessNamespace"] is True
+
+
+def test_the_code_volume_is_a_per_pod_efs_claim_by_default() -> None:
+    volume = named(pod(run(deployment())[0])["volumes"], c.CODE_VOLUME)
+    spec = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert spec["storageClassName"] == "efs-sc"
+    assert spec["resources"]["requests"]["storage"] == "1Gi"
+
+
+def test_the_storage_class_annotation_chooses_the_efs_class() -> None:
+    volume = named(pod(run(deployment(storage_class="efs-fast"))[0])["volumes"], c.CODE_VOLUME)
+    assert volume["ephemeral"]["volumeClaimTemplate"]["spec"]["storageClassName"] == "efs-fast"
+
+
+def test_the_volume_annotation_can_choose_empty_dir() -> None:
+    volume = named(pod(run(deployment(volume="emptyDir"))[0])["volumes"], c.CODE_VOLUME)
+    assert volume == {"name": c.CODE_VOLUME, "emptyDir": {"sizeLimit": "2Gi"}}
+
+
+def test_the_policy_can_make_empty_dir_the_default() -> None:
+    volume = named(pod(run(deployment(), Policy(volume="emptyDir"))[0])["volumes"], c.CODE_VOLUME)
+    assert "emptyDir" in volume
+
+
+def test_fetch_and_the_native_sidecar_agent_run_before_the_users_init_containers() -> None:
+    inits = pod(run(deployment())[0])["initContainers"]
+    assert [i["name"] for i in inits] == [c.FETCH_CONTAINER, c.AGENT_CONTAINER, "wait-for-db"]
+    assert inits[0]["args"] == ["fetch"] and "restartPolicy" not in inits[0]
+    assert inits[1]["args"] == ["serve"] and inits[1]["restartPolicy"] == "Always"
+    assert inits[1]["ports"] == [{"name": "cfo-agent", "containerPort": 9443, "protocol": "TCP"}]
+
+
+def test_on_clusters_without_native_sidecars_the_agent_is_a_plain_container() -> None:
+    out = pod(run(deployment(), Policy(nativeSidecars=False))[0])
+    assert [i["name"] for i in out["initContainers"]] == [c.FETCH_CONTAINER, "wait-for-db"]
+    assert [ct["name"] for ct in out["containers"]] == ["puma", "log-shipper", c.AGENT_CONTAINER]
+    assert "restartPolicy" not in out["containers"][-1]
+
+
+def test_the_code_volume_is_mounted_into_the_app_container_at_the_code_path() -> None:
+    out = pod(run(deployment(code_path="/srv/www"))[0])
+    puma = named(out["containers"], "puma")
+    assert {"name": c.CODE_VOLUME, "mountPath": "/srv/www"} in puma["volumeMounts"]
+    assert {"name": "secrets", "mountPath": "/etc/app-secrets", "readOnly": True} in puma["volumeMounts"]
+    assert "volumeMounts" not in named(out["containers"], "log-shipper")
+    for agent in out["initContainers"][:2]:
+        assert agent["volumeMounts"] == [{"name": c.CODE_VOLUME, "mountPath": "/srv/www"}]
+
+
+def test_the_container_annotation_chooses_the_puma_container() -> None:
+    out = pod(run(deployment(container="log-shipper"))[0])
+    assert any(m["name"] == c.CODE_VOLUME for m in named(out["containers"], "log-shipper")["volumeMounts"])
+    assert "lifecycle" in named(out["containers"], "log-shipper")
+    assert "lifecycle" not in named(out["containers"], "puma")
+
+
+def test_pre_stop_is_a_sleep_action_sized_by_the_annotation() -> None:
+    puma = named(pod(run(deployment(pre_stop_seconds="20"))[0])["containers"], "puma")
+    assert puma["lifecycle"]["preStop"] == {"sleep": {"seconds": 20}}
+
+
+def test_pre_stop_falls_back_to_exec_sleep_where_the_policy_says_so() -> None:
+    puma = named(pod(run(deployment(), Policy(preStopSleepAction=False))[0])["containers"], "puma")
+    assert puma["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "15"]}}
+
+
+@pytest.mark.parametrize(("annotations", "policy", "grace"), [
+    ({}, Policy(), 15 + 30 + 10),
+    ({"pre_stop_seconds": "5", "max_request_seconds": "120"}, Policy(), 5 + 120 + 10),
+    ({}, Policy(graceMarginSeconds=0, maxRequestSeconds=60), 15 + 60),
+])
+def test_the_grace_period_covers_pre_stop_the_longest_request_and_a_margin(
+        annotations: dict[str, str], policy: Policy, grace: int) -> None:
+    assert pod(run(deployment(**annotations), policy)[0])["terminationGracePeriodSeconds"] == grace
+
+
+def test_the_agent_gets_release_source_code_path_and_the_release_configmap() -> None:
+    out = pod(run(deployment(code_path="/srv/www"), Policy(keepReleases=5, requireSha256=True))[0])
+    for container in out["initContainers"][:2]:
+        env = env_of(container)
+        ref = {"name": "web-cfo-release", "optional": True}
+        assert env["CFO_RELEASE"] == {"configMapKeyRef": {**ref, "key": "release"}}
+        assert env["CFO_SOURCE"] == {"configMapKeyRef": {**ref, "key": "source"}}
+        assert env["CFO_RELEASE_DEFAULT"] == "v41"
+        assert env["CFO_SOURCE_DEFAULT"] == "s3://acme-releases/web/{release}.tar.gz"
+        assert env["CFO_CODE_PATH"] == "/srv/www"
+        assert env["CFO_APP_CONTAINER"] == "puma"
+        assert env["CFO_KEEP_RELEASES"] == "5"
+        assert env["CFO_REQUIRE_SHA256"] == "true"
+        assert env["CFO_AGENT_PORT"] == "9443"
+        assert env["CFO_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_the_agent_trusts_the_client_ca_from_the_policy() -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    agent = pod(run(deployment(), Policy(agentClientCA=pem))[0])["initContainers"][1]
+    assert env_of(agent)["CFO_CLIENT_CA"] == pem
+
+
+def test_the_agent_runs_as_the_apps_user_when_it_is_known() -> None:
+    obj = deployment()
+    named(pod(obj)["containers"], "puma")["securityContext"] = {"runAsUser": 1000, "runAsGroup": 1000}
+    agent = pod(run(obj)[0])["initContainers"][1]
+    assert agent["securityContext"]["runAsUser"] == 1000
+    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_the_agent_gets_only_cap_kill_when_the_apps_user_is_unknown() -> None:
+    agent = pod(run(deployment())[0])["initContainers"][1]
+    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["KILL"]}
+    assert agent["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+# --- idempotence --------------------------------------------------------------------------
+
+MUTATION_VARIANTS = [
+    ({}, Policy()),
+    ({"volume": "emptyDir", "code_path": "/srv"}, Policy()),
+    ({}, Policy(nativeSidecars=False, preStopSleepAction=False)),
+    ({"pre_stop_seconds": "0"}, Policy()),
+    ({"container": "log-shipper", "max_request_seconds": "600"}, Policy()),
+]
+
+
+@pytest.mark.parametrize(("annotations", "policy"), MUTATION_VARIANTS)
+def test_mutating_twice_changes_nothing(annotations: dict[str, str], policy: Policy) -> None:
+    once, _ = run(deployment(**annotations), policy)
+    twice, _ = run(once, policy)
+    assert twice == once
+
+
+def test_mutating_never_changes_its_input() -> None:
+    obj = deployment()
+    snapshot = copy.deepcopy(obj)
+    run(obj)
+    assert obj == snapshot
+
+
+def test_changing_only_the_release_leaves_the_pod_template_unchanged() -> None:
+    once, _ = run(deployment())
+    once["metadata"]["annotations"][c.RELEASE] = "v42"
+    again, _ = run(once)
+    assert again["spec"]["template"] == once["spec"]["template"]
+
+
+def test_switching_off_native_sidecars_moves_the_agent_rather_than_copying_it() -> None:
+    once, _ = run(deployment())
+    again = pod(run(once, Policy(nativeSidecars=False))[0])
+    every = [ct["name"] for ct in again["initContainers"] + again["containers"]]
+    assert every.count(c.AGENT_CONTAINER) == 1
+
+
+def test_lowering_the_pre_stop_annotation_lowers_ours() -> None:
+    once, _ = run(deployment(pre_stop_seconds="60"))
+    once["metadata"]["annotations"][c.PRE_STOP_SECONDS] = "10"
+    again = pod(run(once)[0])
+    assert named(again["containers"], "puma")["lifecycle"]["preStop"] == {"sleep": {"seconds": 10}}
+    assert again["terminationGracePeriodSeconds"] == 10 + 30 + 10
+
+
+def test_lowering_ours_never_goes_below_the_users_own_grace_period() -> None:
+    obj = deployment(pre_stop_seconds="60")
+    pod(obj)["terminationGracePeriodSeconds"] = 90
+    once, _ = run(obj)
+    assert pod(once)["terminationGracePeriodSeconds"] == 100
+    once["metadata"]["annotations"][c.PRE_STOP_SECONDS] = "5"
+    assert pod(run(once)[0])["terminationGracePeriodSeconds"] == 90
+
+
+# --- the user's own settings are respected -------------------------------------------------
+
+@pytest.mark.parametrize("case", RESPECTED, ids=[case["case"] for case in RESPECTED])
+def test_the_users_pre_stop_and_grace_period_are_kept_or_made_larger(case: dict[str, Any]) -> None:
+    obj = deployment()
+    puma = named(pod(obj)["containers"], "puma")
+    if "preStop" in case:
+        puma["lifecycle"] = {"preStop": case["preStop"]}
+    if "grace" in case:
+        pod(obj)["terminationGracePeriodSeconds"] = case["grace"]
+    out, warnings = run(obj)
+    out_puma = named(pod(out)["containers"], "puma")
+    if "expect_preStop" in case:
+        assert out_puma["lifecycle"]["preStop"] == case["expect_preStop"]
+    assert pod(out)["terminationGracePeriodSeconds"] == case["expect_grace"]
+    if "warning" in case:
+        assert any(case["warning"] in w for w in warnings)
+    assert run(out)[0] == out, "not idempotent"
+
+
+def test_the_users_init_containers_and_volumes_are_kept_unchanged() -> None:
+    obj = deployment()
+    user_init = copy.deepcopy(pod(obj)["initContainers"][0])
+    user_volume = copy.deepcopy(pod(obj)["volumes"][0])
+    out = pod(run(obj)[0])
+    assert named(out["initContainers"], "wait-for-db") == user_init
+    assert named(out["volumes"], "secrets") == user_volume
+    assert named(out["containers"], "log-shipper") == named(pod(BASE)["containers"], "log-shipper")
+
+
+def test_the_users_other_lifecycle_hooks_are_kept() -> None:
+    obj = deployment()
+    named(pod(obj)["containers"], "puma")["lifecycle"] = {"postStart": {"exec": {"command": ["true"]}}}
+    lifecycle = named(pod(run(obj)[0])["containers"], "puma")["lifecycle"]
+    assert lifecycle == {"postStart": {"exec": {"command": ["true"]}}, "preStop": {"sleep": {"seconds": 15}}}
+
+
+# --- warnings -------------------------------------------------------------------------------
+
+def test_an_app_container_without_a_readiness_probe_draws_a_warning() -> None:
+    obj = deployment()
+    del named(pod(obj)["containers"], "puma")["readinessProbe"]
+    _, warnings = run(obj)
+    assert warnings == ["container puma has no readinessProbe: new pods will get traffic before Puma listens"]
+
+
+def test_a_readiness_probe_means_no_warning() -> None:
+    assert run(deployment())[1] == []
+
+
+def test_share_process_namespace_false_is_overridden_with_a_warning() -> None:
+    obj = deployment()
+    pod(obj)["shareProcessNamespace"] = False
+    out, warnings = run(obj)
+    assert pod(out)["shareProcessNamespace"] is True
+    assert any("shareProcessNamespace" in w for w in warnings)
+
+
+def test_a_misspelt_annotation_draws_a_warning_with_a_suggestion() -> None:
+    warnings = unknown_annotation_warnings({c.PREFIX + "relase": "v1", "other.io/x": "y"})
+    assert warnings == ["unknown annotation customer-friendly.dev/relase is ignored; "
+                        "did you mean customer-friendly.dev/release?"]
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+def test_a_user_volume_with_the_reserved_name_is_refused() -> None:
+    obj = deployment()
+    pod(obj)["volumes"].append({"name": c.CODE_VOLUME, "secret": {"secretName": "x"}})
+    with pytest.raises(Refusal, match="reserved for the code volume"):
+        run(obj)
