@@ -7,6 +7,7 @@ Prints the KUBECONFIG to use and keeps everything running until Ctrl-C. State li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import signal
 import sys
@@ -41,10 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         print("# Ctrl-C stops everything.", file=sys.stderr, flush=True)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     finally:
         if webhook:
             webhook.stop()

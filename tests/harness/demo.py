@@ -55,7 +55,6 @@ def main() -> int:
 
             kubectl = cluster.kubectl
             kubectl("create", "namespace", "shop")
-            original = yaml.safe_load(EXAMPLE.read_text())
             step("kubectl apply -f examples/web.yaml")
             print(kubectl("-n", "shop", "apply", "-f", str(EXAMPLE)).stdout.strip())
             live = json.loads(kubectl("-n", "shop", "get", "deployment", "web", "-o", "json").stdout)
