@@ -54,7 +54,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def terminate(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; a no-op for a process already gone."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -168,14 +180,14 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.proc.poll() is not None:
-                raise ControlPlaneError(f"{process.name} exited with {process.proc.returncode}:\n{_tail(process.log)}")
+                raise ControlPlaneError(f"{process.name} exited with {process.proc.returncode}:\n{tail(process.log)}")
             try:
                 if ready():
                     return
             except OSError:
                 pass
             time.sleep(0.2)
-        raise ControlPlaneError(f"{process.name} not ready after {timeout:.0f}s:\n{_tail(process.log)}")
+        raise ControlPlaneError(f"{process.name} not ready after {timeout:.0f}s:\n{tail(process.log)}")
 
     def _start_etcd(self) -> str:
         client_port, peer_port = free_port(), free_port()
@@ -255,13 +267,7 @@ class ControlPlane:
 
     def stop(self) -> None:
         for process in reversed(self.processes):
-            if process.proc.poll() is None:
-                process.proc.terminate()
-                try:
-                    process.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.proc.kill()
-                    process.proc.wait(5)
+            terminate(process.proc, 10)
         self.processes.clear()
 
     def cleanup(self) -> None:

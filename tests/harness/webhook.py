@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from tests.harness.controlplane import ROOT, ControlPlane, ControlPlaneError, _tail, free_port
+from tests.harness.controlplane import ROOT, ControlPlane, ControlPlaneError, free_port, tail, terminate
 
 MANIFEST = ROOT / "manifests" / "base" / "mutatingwebhook.yaml"
 
@@ -71,22 +71,16 @@ class WebhookServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ControlPlaneError(f"cfo-webhook exited with {self.proc.returncode}:\n{_tail(self.log)}")
+                raise ControlPlaneError(f"cfo-webhook exited with {self.proc.returncode}:\n{tail(self.log)}")
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=2, context=self.ssl_context()):
                     return self
             except OSError:
                 time.sleep(0.2)
-        raise ControlPlaneError(f"cfo-webhook not ready after 30s:\n{_tail(self.log)}")
+        raise ControlPlaneError(f"cfo-webhook not ready after 30s:\n{tail(self.log)}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, 15)
 
     def ca_bundle(self) -> str:
         return base64.b64encode((self.cert_dir / "ca.crt").read_bytes()).decode()
@@ -122,4 +116,4 @@ def register(cluster: ControlPlane, server: WebhookServer) -> None:
         if result.returncode == 0 and "cfo-agent" in result.stdout:
             return
         time.sleep(0.3)
-    raise ControlPlaneError(f"webhook registration never took effect:\n{_tail(server.log)}")
+    raise ControlPlaneError(f"webhook registration never took effect:\n{tail(server.log)}")
