@@ -1,0 +1,80 @@
+"""`cfo-agent`: the in-pod agent. `fetch` is the init container, `serve` the sidecar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import ssl
+import sys
+import urllib.request
+
+from agent.config import AgentConfig, add_arguments
+from agent.release import Layout, ReleaseError, install, prune, switch
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cfo-agent", description="Fetch releases into the pod and phase-restart "
+                                     "Puma. Every flag can also be set by the environment variable shown.")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("fetch", "init container: fetch the wanted release and point current at it"),
+                       ("serve", "sidecar: serve the mutual-TLS API")):
+        add_arguments(sub.add_parser(name, help=text, description=text))
+    status = sub.add_parser("status", help="ask a running agent for its status (for debugging)")
+    status.add_argument("--url", default="https://127.0.0.1:9443", help="agent URL")
+    status.add_argument("--cert", required=True, help="client certificate signed by the installation's CA")
+    status.add_argument("--key", required=True, help="its key")
+    return parser
+
+
+def fetch_command(config: AgentConfig) -> int:
+    if not config.release or not config.source:
+        print("cfo-agent fetch: no release or source (CFO_RELEASE[_DEFAULT], CFO_SOURCE[_DEFAULT])", file=sys.stderr)
+        return 2
+    layout = Layout(config.code_path)
+    try:
+        install(layout, config.release, config.source, require_sha256=config.require_sha256)
+        switch(layout, config.release)
+        prune(layout, config.keep_releases)
+    except ReleaseError as err:
+        print(f"cfo-agent fetch: {err}", file=sys.stderr)
+        return 1
+    print(f"release {config.release} is current in {config.code_path}")
+    return 0
+
+
+def serve_command(config: AgentConfig) -> int:
+    from agent.operation import Agent
+    from agent.server import make_server
+
+    server = make_server(Agent(config), config)
+    logging.getLogger(__name__).info("agent API on https://%s:%d", config.bind, config.port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the agent's cert is self-signed
+    context.load_cert_chain(args.cert, args.key)
+    with urllib.request.urlopen(f"{args.url}/v1/status", context=context, timeout=10) as response:
+        print(json.dumps(json.load(response), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "status":
+        return status_command(args)
+    config = AgentConfig.resolve(args)
+    return fetch_command(config) if args.command == "fetch" else serve_command(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The agent's settings: flags override environment; names match what the webhook injects."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+# Every setting: (env name, flag, default, help). The webhook injects the CFO_* names.
+SETTINGS: list[tuple[str, str, str | None, str]] = [
+    ("CFO_CODE_PATH", "--code-path", "/app", "code volume mount (releases/, current, previous)"),
+    ("CFO_RELEASE", "--release", None, "release to fetch in `fetch` mode (from the release ConfigMap)"),
+    ("CFO_RELEASE_DEFAULT", "--release-default", None, "fallback when CFO_RELEASE is unset"),
+    ("CFO_SOURCE", "--source", None, "release URI template with {release} (from the release ConfigMap)"),
+    ("CFO_SOURCE_DEFAULT", "--source-default", None, "fallback when CFO_SOURCE is unset"),
+    ("CFO_KEEP_RELEASES", "--keep-releases", "3", "releases kept on the volume"),
+    ("CFO_REQUIRE_SHA256", "--require-sha256", "false", "refuse artifacts without a .sha256"),
+    ("CFO_MAX_ARCHIVE_BYTES", "--max-archive-bytes", str(2 * 1024**3), "largest download and extracted size"),
+    ("CFO_AGENT_BIND", "--bind", "0.0.0.0", "address the API listens on"),
+    ("CFO_AGENT_PORT", "--port", "9443", "port of the mutual-TLS API"),
+    ("CFO_CLIENT_CA", "--client-ca", None, "PEM of the CA whose client certificates are accepted"),
+    ("CFO_CLIENT_CA_FILE", "--client-ca-file", None, "file holding that PEM, instead of --client-ca"),
+    ("CFO_TLS_CERT", "--tls-cert", None, "serving certificate (default: a self-signed one made at start)"),
+    ("CFO_TLS_KEY", "--tls-key", None, "serving key"),
+    ("CFO_PUMA_PIDFILE", "--puma-pidfile", None, "Puma's pidfile (default: find the master by its title)"),
+    ("CFO_PUMA_CONTROL_URL", "--puma-control-url", None, "Puma control app URL, to watch restarts via /stats"),
+    ("CFO_PUMA_CONTROL_TOKEN", "--puma-control-token", None, "control app token"),
+    ("CFO_PUMA_CONFIG", "--puma-config", None, "Puma config to check for preload_app! "
+     "(default: <code>/current/config/puma.rb)"),
+    ("CFO_RESTART_DEADLINE_SECONDS", "--restart-deadline", "120", "a restart not done by then has failed"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for env, flag, default, text in SETTINGS:
+        shown = f"; default {default}" if default is not None else ""
+        parser.add_argument(flag, dest=env, default=None, help=f"{text} (env {env}{shown})")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    code_path: Path
+    release: str | None
+    source: str | None
+    keep_releases: int
+    require_sha256: bool
+    max_archive_bytes: int
+    bind: str
+    port: int
+    client_ca_pem: str | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    puma_pidfile: Path | None
+    puma_control_url: str | None
+    puma_control_token: str | None
+    puma_config: Path
+    restart_deadline: float
+
+    @classmethod
+    def resolve(cls, args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
+        env = os.environ if env is None else env
+        values = {name: (getattr(args, name, None) if args else None) or env.get(name) or default
+                  for name, _, default, _ in SETTINGS}
+        ca = values["CFO_CLIENT_CA"]
+        if not ca and values["CFO_CLIENT_CA_FILE"]:
+            ca = Path(values["CFO_CLIENT_CA_FILE"]).read_text()
+        code = Path(values["CFO_CODE_PATH"] or "/app")
+
+        def path(name: str) -> Path | None:
+            return Path(values[name]) if values[name] else None
+
+        return cls(
+            code_path=code,
+            release=values["CFO_RELEASE"] or values["CFO_RELEASE_DEFAULT"],
+            source=values["CFO_SOURCE"] or values["CFO_SOURCE_DEFAULT"],
+            keep_releases=int(values["CFO_KEEP_RELEASES"]),
+            require_sha256=str(values["CFO_REQUIRE_SHA256"]).lower() == "true",
+            max_archive_bytes=int(values["CFO_MAX_ARCHIVE_BYTES"]),
+            bind=values["CFO_AGENT_BIND"],
+            port=int(values["CFO_AGENT_PORT"]),
+            client_ca_pem=ca or None,
+            tls_cert=path("CFO_TLS_CERT"),
+            tls_key=path("CFO_TLS_KEY"),
+            puma_pidfile=path("CFO_PUMA_PIDFILE"),
+            puma_control_url=values["CFO_PUMA_CONTROL_URL"],
+            puma_control_token=values["CFO_PUMA_CONTROL_TOKEN"],
+            puma_config=path("CFO_PUMA_CONFIG") or code / "current" / "config" / "puma.rb",
+            restart_deadline=float(values["CFO_RESTART_DEADLINE_SECONDS"]),
+        )

@@ -1,0 +1,199 @@
+"""One release operation at a time: fetch, verify, extract, switch `current`, signal, watch.
+
+The order is what makes it safe: the new release is complete on disk, and Puma has been
+checked able to do the restart asked for, before `current` moves. A second request while
+one runs gets "busy"; the same request again is not a second operation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agent import puma
+from agent.archive import Limits
+from agent.config import AgentConfig
+from agent.release import Layout, ReleaseError, current_release, install, previous_release, prune, switch
+
+logger = logging.getLogger(__name__)
+
+IDLE, FETCHING, RESTARTING, DONE, FAILED = "idle", "fetching", "restarting", "done", "failed"
+
+
+class Busy(RuntimeError):
+    """Another operation is running."""
+
+
+@dataclass
+class Status:
+    state: str = IDLE
+    target: str | None = None
+    restart: str | None = None
+    error: str | None = None
+    note: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    puma: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Request:
+    release: str
+    source: str
+    restart: str = "phased"
+    allow_hot: bool = False
+    deadline_seconds: float | None = None
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.layout = Layout(config.code_path)
+        self.limits = Limits(max_bytes=config.max_archive_bytes)
+        self._lock = threading.Lock()
+        self._status = Status()
+        self._thread: threading.Thread | None = None
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            status = asdict(self._status)
+        status["release"] = current_release(self.layout)
+        status["previous"] = previous_release(self.layout)
+        try:
+            status["puma"] = {**puma.locate(self.config.puma_pidfile).as_dict(), **status["puma"]}
+        except puma.PumaError as err:
+            status["puma"] = {"error": str(err)}
+        return status
+
+    def running(self) -> bool:
+        with self._lock:
+            return self._status.state in (FETCHING, RESTARTING)
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def start(self, request: Request) -> bool:
+        """Start an operation; False when it is a no-op (already there, or already under way)."""
+        with self._lock:
+            state = self._status
+            if state.state in (FETCHING, RESTARTING):
+                if state.target == request.release:
+                    return False
+                raise Busy(f"busy: {state.state} release {state.target}")
+            if state.state in (DONE, IDLE) and current_release(self.layout) == request.release \
+                    and state.target in (None, request.release):
+                return False
+            self._status = Status(state=FETCHING, target=request.release, restart=request.restart,
+                                  started_at=time.time())
+        self._thread = threading.Thread(target=self._run, args=(request,), name="cfo-operation", daemon=True)
+        self._thread.start()
+        return True
+
+    def rollback(self, restart: str = "phased", allow_hot: bool = False) -> str:
+        previous = previous_release(self.layout)
+        if previous is None:
+            raise ReleaseError("nothing to roll back to: no previous release on this pod")
+        with self._lock:
+            if self._status.state in (FETCHING, RESTARTING):
+                raise Busy(f"busy: {self._status.state} release {self._status.target}")
+            self._status = Status(state=RESTARTING, target=previous, restart=restart, started_at=time.time())
+        request = Request(previous, source="", restart=restart, allow_hot=allow_hot)
+        self._thread = threading.Thread(target=self._run, args=(request, True), name="cfo-rollback", daemon=True)
+        self._thread.start()
+        return previous
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+
+    # --- the work ---------------------------------------------------------------------------
+
+    def _update(self, **changes: Any) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self._status, key, value)
+
+    def _run(self, request: Request, rollback: bool = False) -> None:
+        try:
+            if not rollback:
+                install(self.layout, request.release, request.source, require_sha256=self.config.require_sha256,
+                        limits=self.limits)
+            view = puma.locate(self.config.puma_pidfile)
+            mode = self._restart_mode(view, request)
+            self._update(state=RESTARTING, restart=mode)
+            switch(self.layout, request.release)
+            self._restart(view, mode, request.deadline_seconds or self.config.restart_deadline)
+            removed = prune(self.layout, self.config.keep_releases)
+            if removed:
+                logger.info("pruned releases %s", ", ".join(removed))
+            self._update(state=DONE, finished_at=time.time())
+            logger.info("release %s served by every worker (%s restart)", request.release, mode)
+        except (ReleaseError, puma.PumaError, OSError, ValueError) as err:
+            logger.warning("release %s failed: %s", request.release, err)
+            self._update(state=FAILED, error=str(err), finished_at=time.time())
+        except Exception as err:  # never leave the state machine stuck in a running state
+            logger.exception("release %s failed unexpectedly", request.release)
+            self._update(state=FAILED, error=f"internal error: {err}", finished_at=time.time())
+
+    def _restart_mode(self, view: puma.PumaView, request: Request) -> str:
+        if request.restart != "phased":
+            return request.restart
+        reason = None
+        if view.mode == "single":
+            reason = "Puma runs in single mode (workers 0)"
+        else:
+            try:
+                if puma.preload_in_config(self.config.puma_config.read_text()):
+                    reason = f"preload_app! is on in {self.config.puma_config}"
+            except OSError:
+                pass
+        if reason is None:
+            return "phased"
+        if not request.allow_hot:
+            raise puma.PumaError(f"a phased restart is impossible: {reason}; Puma would silently do a full "
+                                 "restart. Fix the config, or allow a hot restart")
+        self._update(note=f"hot restart instead of phased: {reason}")
+        return "hot"
+
+    def _restart(self, view: puma.PumaView, mode: str, deadline_seconds: float) -> None:
+        expected = len(view.workers)
+        stats_before = self._stats()
+        ticks = puma.boot_ticks_now()
+        puma.send(view, mode)
+        started = time.monotonic()
+        deadline = started + deadline_seconds
+        latest: puma.PumaView | None = view
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            latest = puma.find_puma(puma.read_processes(), view.master.pid)
+            if latest is None:
+                raise puma.PumaError(f"Puma (pid {view.master.pid}) exited during the {mode} restart")
+            stats = self._stats()
+            if stats is not None and stats_before is not None and mode == "phased":
+                done = stats.phased_restart_done(stats_before.phase)
+            elif expected == 0:
+                # Single mode has no workers to count: the re-exec'd master has its title back.
+                done = time.monotonic() - started > 1 and puma.MASTER_TITLE.match(latest.title) is not None
+            else:
+                done = puma.restarted_since(latest, ticks, expected)
+            self._update(puma={"workersReplaced": sum(w.start_ticks >= ticks for w in latest.workers),
+                               "workersExpected": expected})
+            if done:
+                return
+        replaced = sum(w.start_ticks >= ticks for w in latest.workers) if latest else 0
+        tail = puma.boot_error_tail(view)
+        raise puma.PumaError(f"{mode} restart not done after {deadline_seconds:.0f}s: {replaced} of {expected} "
+                             "workers replaced; the old workers keep serving"
+                             + (f"\nPuma's last output:\n{tail}" if tail else ""))
+
+    def _stats(self) -> puma.Stats | None:
+        if not self.config.puma_control_url:
+            return None
+        try:
+            return puma.fetch_stats(self.config.puma_control_url, self.config.puma_control_token)
+        except (OSError, ValueError):
+            return None

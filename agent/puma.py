@@ -1,0 +1,194 @@
+"""Find the Puma master through the shared PID namespace, signal it, and watch the restart.
+
+Parsing (/proc stat lines, process titles, Puma's /stats JSON) is pure and unit-tested; the
+thin functions at the bottom read /proc and send signals.
+
+Facts this relies on (Puma 5.6 to 7): the master's title is `puma X.Y.Z (tcp://…) [tag]`,
+a worker's is `puma: cluster worker N: <master pid> [tag]`. SIGUSR1 is a phased restart
+(workers replaced one at a time; impossible in single mode or with preload_app!, where Puma
+silently does a full restart instead), SIGUSR2 a hot restart (the master re-execs itself
+with the same pid, keeping its listeners).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MASTER_TITLE = re.compile(r"^puma \d+\.\d+\.\d+ \(")
+WORKER_TITLE = re.compile(r"^puma: cluster worker (\d+): (\d+)")
+SIGNALS = {"phased": signal.SIGUSR1, "hot": signal.SIGUSR2}
+
+
+class PumaError(RuntimeError):
+    """Puma cannot be found or signalled."""
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    ppid: int
+    start_ticks: int
+    """Start time in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
+    title: str
+
+
+@dataclass(frozen=True)
+class PumaView:
+    """Puma as seen from the process table."""
+
+    master: Process
+    workers: tuple[Process, ...] = field(default=())
+
+    @property
+    def mode(self) -> str:
+        return "cluster" if self.workers else "single"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"masterPid": self.master.pid, "mode": self.mode, "workers": len(self.workers),
+                "title": self.master.title}
+
+
+def parse_stat(text: str) -> tuple[int, int]:
+    """(ppid, start_ticks) from a /proc/<pid>/stat line; the command may hold spaces and ')'."""
+    rest = text[text.rindex(")") + 2:].split()
+    # rest[0] is field 3 (state); ppid is field 4, starttime field 22.
+    return int(rest[1]), int(rest[19])
+
+
+def parse_cmdline(raw: bytes) -> str:
+    return raw.replace(b"\0", b" ").decode("utf-8", errors="replace").strip()
+
+
+def find_puma(processes: Iterable[Process], master_pid: int | None = None) -> PumaView | None:
+    """The master (given, or found by its title) and its workers (its children with a worker title)."""
+    table = list(processes)
+    if master_pid is not None:
+        master = next((p for p in table if p.pid == master_pid), None)
+    else:
+        masters = [p for p in table if MASTER_TITLE.match(p.title)]
+        master = min(masters, key=lambda p: p.start_ticks) if masters else None
+    if master is None:
+        return None
+    workers = tuple(sorted((p for p in table if p.ppid == master.pid and WORKER_TITLE.match(p.title)),
+                           key=lambda p: int(WORKER_TITLE.match(p.title).group(1))))  # type: ignore[union-attr]
+    return PumaView(master, workers)
+
+
+def restarted_since(view: PumaView | None, signal_ticks: int, expected_workers: int) -> bool:
+    """Every worker slot is a new process started after the signal (phased and hot alike).
+
+    A hot restart re-execs the master under the same pid, so the same test holds: all the
+    workers must be new children of that pid.
+    """
+    if view is None or expected_workers < 1 or len(view.workers) != expected_workers:
+        return False
+    return all(w.start_ticks >= signal_ticks for w in view.workers)
+
+
+def preload_in_config(text: str) -> bool:
+    """True when a Puma config turns preload on (which makes phased restarts impossible)."""
+    for line in text.splitlines():
+        code = line.split("#", 1)[0].strip()
+        match = re.match(r"^preload_app!\s*\(?\s*(true|false)?\s*\)?$", code)
+        if match:
+            return match.group(1) != "false"
+    return False
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The parts of Puma's control-app /stats that tell a restart's progress."""
+
+    phase: int
+    workers: int
+    booted_workers: int
+    old_workers: int
+
+    @classmethod
+    def parse(cls, text: str) -> Stats | None:
+        """None for single mode, whose /stats has no `workers`."""
+        data = json.loads(text)
+        if "worker_status" not in data:
+            return None
+        statuses = data["worker_status"]
+        return cls(
+            phase=int(data.get("phase", 0)),
+            workers=int(data.get("workers", len(statuses))),
+            booted_workers=int(data.get("booted_workers", sum(1 for w in statuses if w.get("booted")))),
+            old_workers=int(data.get("old_workers", 0)),
+        )
+
+    def phased_restart_done(self, phase_before: int) -> bool:
+        return self.phase > phase_before and self.old_workers == 0 and self.booted_workers == self.workers
+
+
+# --- I/O ----------------------------------------------------------------------------------
+
+def read_processes(proc: Path = Path("/proc")) -> list[Process]:
+    processes = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid, start = parse_stat((entry / "stat").read_text())
+            title = parse_cmdline((entry / "cmdline").read_bytes())
+        except (OSError, ValueError, IndexError):
+            continue  # exited while we looked, or not ours to read
+        processes.append(Process(int(entry.name), ppid, start, title))
+    return processes
+
+
+def boot_ticks_now(proc: Path = Path("/proc")) -> int:
+    """The current time in the clock ticks that /proc/<pid>/stat start times use."""
+    uptime = float((proc / "uptime").read_text().split()[0])
+    return int(uptime * os.sysconf("SC_CLK_TCK"))
+
+
+def locate(pidfile: Path | None = None, proc: Path = Path("/proc")) -> PumaView:
+    master_pid = None
+    if pidfile is not None:
+        try:
+            master_pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError) as err:
+            raise PumaError(f"cannot read Puma's pidfile {pidfile}: {err}") from err
+    view = find_puma(read_processes(proc), master_pid)
+    if view is None:
+        where = f"pid {master_pid} from {pidfile}" if pidfile else "a process titled 'puma X.Y.Z (...)'"
+        raise PumaError(f"Puma master not found ({where}); is the pod's process namespace shared?")
+    return view
+
+
+def send(view: PumaView, mode: str) -> None:
+    try:
+        os.kill(view.master.pid, SIGNALS[mode])
+    except PermissionError as err:
+        raise PumaError(f"not allowed to signal Puma (pid {view.master.pid}): run the agent as the app's "
+                        "user or give it CAP_KILL") from err
+    except ProcessLookupError as err:
+        raise PumaError(f"Puma (pid {view.master.pid}) exited before it could be signalled") from err
+
+
+def fetch_stats(control_url: str, token: str | None) -> Stats | None:
+    url = control_url.rstrip("/") + "/stats" + (f"?token={token}" if token else "")
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return Stats.parse(response.read().decode())
+
+
+def boot_error_tail(view: PumaView, lines: int = 15, proc: Path = Path("/proc")) -> str | None:
+    """The end of Puma's stderr when it goes to a file we can read (it often does not)."""
+    try:
+        target = Path(os.readlink(proc / str(view.master.pid) / "fd" / "2"))
+        if not target.is_file():
+            return None
+        with target.open("rb") as fh:
+            fh.seek(max(0, target.stat().st_size - 8192))
+            return "\n".join(fh.read().decode(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return None
