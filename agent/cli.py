@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import ssl
@@ -50,10 +51,8 @@ def serve_command(config: AgentConfig) -> int:
 
     server = make_server(Agent(config), config)
     logging.getLogger(__name__).info("agent API on https://%s:%d", config.bind, config.port)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -1,0 +1,235 @@
+"""The agent against real Puma under a constant POST load, with S3 from moto on loopback.
+
+Puma and the agent share the host's PID namespace here, as they share the pod's in a
+cluster (shareProcessNamespace). Figures (failed requests, p99) are printed with -s.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.harness.controlplane import ROOT
+from tests.harness.load import Load
+from tests.harness.puma_app import AgentClient, AgentProcess, MotoS3, Puma, publish, release_archive
+from tests.harness.webhook import ensure_certs
+
+pytestmark = pytest.mark.integration
+
+RATE = 200.0
+
+
+@dataclass
+class Pod:
+    """One 'pod': a code volume, Puma on it, the agent beside it, and a client with the controller's cert."""
+
+    code: Path
+    artifacts: Path
+    puma: Puma
+    agent: AgentProcess
+    client: AgentClient
+    certs: Path
+
+    @property
+    def source(self) -> str:
+        return f"file://{self.artifacts}/{{release}}.tar.gz"
+
+    def current(self) -> str:
+        return os.readlink(self.code / "current")
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    server = MotoS3(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
+
+
+def init_fetch(code: Path, release: str, source: str, env: dict[str, str]) -> None:
+    """The init container: `cfo-agent fetch` with the env the webhook injects."""
+    subprocess.run([sys.executable, "-m", "agent", "fetch"], cwd=ROOT, check=True, capture_output=True,
+                   env={**os.environ, **env, "CFO_CODE_PATH": str(code), "CFO_RELEASE_DEFAULT": release,
+                        "CFO_SOURCE_DEFAULT": source})
+
+
+@pytest.fixture
+def pod(tmp_path: Path, moto: MotoS3) -> Iterator[Pod]:
+    certs = tmp_path / "certs"
+    ensure_certs(certs)
+    artifacts = tmp_path / "artifacts"
+    for release in ("v1", "v2", "v3"):
+        publish(artifacts, release, release_archive(release))
+    publish(artifacts, "broken", release_archive("broken", broken=True))
+    code = tmp_path / "code"
+    init_fetch(code, "v1", f"file://{artifacts}/{{release}}.tar.gz", moto.env)
+    puma = Puma(code, tmp_path).start()
+    agent = AgentProcess(code, tmp_path, certs / "ca.crt", {**moto.env, "CFO_RESTART_DEADLINE_SECONDS": "20",
+                                                           "CFO_PUMA_CONTROL_URL": puma.control_url,
+                                                           "CFO_PUMA_CONTROL_TOKEN": puma.token}).start()
+    client = AgentClient(agent.url, certs / "controller.crt", certs / "controller.key")
+    yield Pod(code, artifacts, puma, agent, client, certs)
+    agent.stop()
+    puma.stop()
+
+
+def release_under_load(pod: Pod, body: dict, expect_state: str = "done") -> tuple[Load, dict, float, float]:
+    load = Load("127.0.0.1", pod.puma.port, rate=RATE).start()
+    time.sleep(1.5)
+    started = time.monotonic()
+    code, _ = pod.client.call("POST", "/v1/release" if "release" in body else "/v1/rollback", body)
+    assert code == 202
+    status = pod.client.wait(timeout=60)
+    finished = time.monotonic()
+    time.sleep(1.5)
+    load.stop()
+    assert status["state"] == expect_state, status
+    return load, status, started, finished
+
+
+def report(name: str, load: Load, started: float, finished: float) -> None:
+    during = load.between(started, finished)
+    before = [s for s in load.samples if s.sent_at < started]
+    print(f"\n[{name}] sent={len(load.samples)} failed={len(load.failures())} "
+          f"p99 before={Load.p99(before) * 1000:.1f}ms during={Load.p99(during) * 1000:.1f}ms "
+          f"restart={finished - started:.1f}s")
+
+
+def test_a_phased_restart_to_v2_under_load_drops_nothing(pod: Pod) -> None:
+    workers_before = pod.puma.worker_pids()
+    load, status, started, finished = release_under_load(
+        pod, {"release": "v2", "source": pod.source, "restart": "phased"})
+    report("phased v1->v2", load, started, finished)
+    assert load.failures() == []
+    assert len(load.samples) > RATE * 3
+    assert {s.body for s in load.samples if s.sent_at > finished + 0.2} == {"v2"}
+    assert status["release"] == "v2" and status["previous"] == "v1"
+    assert pod.puma.stats()["phase"] == 1
+    assert set(pod.puma.worker_pids()).isdisjoint(workers_before)
+
+
+def test_the_same_release_twice_is_a_no_op(pod: Pod) -> None:
+    pod.client.call("POST", "/v1/release", {"release": "v2", "source": pod.source})
+    pod.client.wait()
+    workers = pod.puma.worker_pids()
+    code, status = pod.client.call("POST", "/v1/release", {"release": "v2", "source": pod.source})
+    assert code == 200 and status["state"] == "done"
+    assert pod.puma.worker_pids() == workers
+
+
+def test_a_hot_restart_under_load_drops_nothing(pod: Pod) -> None:
+    load, status, started, finished = release_under_load(
+        pod, {"release": "v2", "source": pod.source, "restart": "hot"})
+    report("hot v1->v2", load, started, finished)
+    assert load.failures() == []
+    assert {s.body for s in load.samples if s.sent_at > finished + 0.2} == {"v2"}
+
+
+def test_a_rollback_under_load_drops_nothing(pod: Pod) -> None:
+    pod.client.call("POST", "/v1/release", {"release": "v2", "source": pod.source})
+    assert pod.client.wait()["state"] == "done"
+    load, status, started, finished = release_under_load(pod, {"restart": "phased"})
+    report("rollback v2->v1", load, started, finished)
+    assert load.failures() == []
+    assert status["release"] == "v1"
+    assert {s.body for s in load.samples if s.sent_at > finished + 0.2} == {"v1"}
+
+
+def test_a_release_that_cannot_boot_fails_within_the_deadline_and_a_rollback_heals(pod: Pod) -> None:
+    load = Load("127.0.0.1", pod.puma.port, rate=RATE).start()
+    time.sleep(1)
+    code, _ = pod.client.call("POST", "/v1/release", {"release": "broken", "source": pod.source,
+                                                      "deadlineSeconds": 8})
+    assert code == 202
+    failed = pod.client.wait(timeout=30)
+    assert failed["state"] == "failed"
+    assert "restart not done after 8s" in failed["error"]
+    assert "the old workers keep serving" in failed["error"]
+    pod.client.call("POST", "/v1/rollback", {"restart": "phased"})
+    healed = pod.client.wait(timeout=30)
+    time.sleep(1)
+    load.stop()
+    print(f"\n[broken release + rollback] sent={len(load.samples)} failed={len(load.failures())} "
+          f"p99={Load.p99(load.samples) * 1000:.1f}ms")
+    assert healed["state"] == "done" and healed["release"] == "v1"
+    assert load.failures() == []
+    assert pod.puma.stats()["booted_workers"] == 2
+
+
+def bad_archive_with(member: tarfile.TarInfo) -> bytes:
+    return release_archive("bad", extra=[member])
+
+
+def traversal() -> tarfile.TarInfo:
+    info = tarfile.TarInfo("../../etc/cron.d/evil")
+    info.size = 1
+    return info
+
+
+@pytest.mark.parametrize(("case", "prepare", "message"), [
+    ("corrupt archive", lambda a: (a / "bad.tar.gz").write_bytes(b"\x1f\x8bnot gzip at all"), "cannot be read"),
+    ("wrong checksum", lambda a: publish(a, "bad", release_archive("bad"), checksum="0" * 64), "checksum mismatch"),
+    ("path traversal", lambda a: publish(a, "bad", bad_archive_with(traversal())), "contains '..'"),
+])
+def test_a_bad_artifact_is_refused_and_puma_is_never_signalled(pod: Pod, case: str, prepare, message: str) -> None:
+    prepare(pod.artifacts)
+    workers = pod.puma.worker_pids()
+    code, _ = pod.client.call("POST", "/v1/release", {"release": "bad", "source": pod.source})
+    assert code == 202
+    status = pod.client.wait()
+    assert status["state"] == "failed" and message in status["error"], status
+    assert pod.current() == "releases/v1"
+    assert pod.puma.worker_pids() == workers and pod.puma.stats()["phase"] == 0
+    assert sorted(p.name for p in (pod.code / "releases").iterdir()) == ["v1"]
+
+
+def test_releases_come_from_s3_through_the_standard_endpoint_setting(pod: Pod, moto: MotoS3) -> None:
+    s3 = boto3.client("s3", endpoint_url=moto.env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="acme-releases")
+    s3.put_object(Bucket="acme-releases", Key="web/v3.tar.gz", Body=release_archive("v3"))
+    source = "s3://acme-releases/web/{release}.tar.gz"
+    pod.client.call("POST", "/v1/release", {"release": "v3", "source": source})
+    assert pod.client.wait()["release"] == "v3"
+    workers = pod.puma.worker_pids()
+    pod.client.call("POST", "/v1/release", {"release": "v404", "source": source})
+    missing = pod.client.wait()
+    assert missing["state"] == "failed" and "not found" in missing["error"] and "NoSuchKey" in missing["error"]
+    assert pod.current() == "releases/v3" and pod.puma.worker_pids() == workers
+
+
+def test_a_second_operation_while_one_runs_is_told_busy(pod: Pod) -> None:
+    assert pod.client.call("POST", "/v1/release", {"release": "v2", "source": pod.source})[0] == 202
+    code, body = pod.client.call("POST", "/v1/release", {"release": "v3", "source": pod.source})
+    assert code == 409 and "busy" in body["error"]
+    pod.client.wait()
+
+
+def test_bad_requests_are_refused_with_the_field_named(pod: Pod) -> None:
+    code, body = pod.client.call("POST", "/v1/release", {"release": "../v2", "source": pod.source})
+    assert code == 400 and "release must be" in body["error"]
+    code, body = pod.client.call("POST", "/v1/release", {"release": "v2", "source": pod.source, "restart": "x"})
+    assert code == 400 and "restart must be" in body["error"]
+
+
+def test_without_a_client_certificate_the_api_refuses(pod: Pod) -> None:
+    anonymous = AgentClient(pod.agent.url, None, None)
+    code, body = anonymous.call("GET", "/v1/status")
+    assert code == 401 and "client certificate" in body["error"]
+    assert anonymous.call("GET", "/healthz")[0] == 200
+
+
+def test_a_client_certificate_from_another_ca_is_refused(pod: Pod, tmp_path: Path) -> None:
+    ensure_certs(tmp_path / "other")
+    stranger = AgentClient(pod.agent.url, tmp_path / "other" / "controller.crt", tmp_path / "other" / "controller.key")
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        stranger.call("GET", "/v1/status")
