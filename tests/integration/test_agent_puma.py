@@ -127,7 +127,7 @@ def test_the_same_release_twice_is_a_no_op(pod: Pod) -> None:
 
 
 def test_a_hot_restart_under_load_drops_nothing(pod: Pod) -> None:
-    load, status, started, finished = release_under_load(
+    load, _status, started, finished = release_under_load(
         pod, {"release": "v2", "source": pod.source, "restart": "hot"})
     report("hot v1->v2", load, started, finished)
     assert load.failures() == []
