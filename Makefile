@@ -1,5 +1,5 @@
 # Two commands matter: `make demo` (the local demo) and `make test` (everything CI runs).
-# Both install what they need: Python packages into .venv, the Kubernetes binaries
+# Both install what they need: Python packages into .venv, Debian's puma (as root), the Kubernetes binaries
 # (built from the Go module proxy) into ~/.cache/customer-friendly-operator.
 
 PYTHON ?= python3
@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: help venv k8s-binaries lint unit integration test cluster demo clean
+.PHONY: help venv debian-packages k8s-binaries lint unit integration test cluster demo clean
 
 help:
 	@echo "make demo         run the local demo on an embedded control plane"
@@ -26,17 +26,20 @@ venv: $(STAMP)
 k8s-binaries:
 	@bash tests/k8s/build.sh >/dev/null
 
+debian-packages:
+	@bash scripts/debian-packages
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-integration: venv k8s-binaries
+integration: venv debian-packages k8s-binaries
 	$(PY) -m pytest -q tests/integration
 
 # pytest exits 5 when it collects no test; make treats any non-zero exit as failure.
-test: venv k8s-binaries lint
+test: venv debian-packages k8s-binaries lint
 	$(PY) -m pytest -q tests
 
 cluster: venv k8s-binaries

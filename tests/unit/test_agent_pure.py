@@ -1,0 +1,117 @@
+"""The agent's pure parts: /proc and /stats parsing, Puma detection, request and checksum parsing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.puma import Process, Stats, find_puma, parse_cmdline, parse_stat, preload_in_config, restarted_since
+from agent.release import ReleaseError, parse_sha256_file, source_url
+from agent.server import parse_release_request
+
+DATA = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "proc_table.json").read_text())
+TABLE = [Process(p["pid"], p["ppid"], p["start"], p["title"]) for p in DATA["processes"]]
+
+
+@pytest.mark.parametrize("case", DATA["stat_lines"], ids=lambda c: c["line"][:20])
+def test_stat_lines_give_parent_and_start_time_even_with_odd_command_names(case: dict) -> None:
+    assert parse_stat(case["line"]) == (case["ppid"], case["start"])
+
+
+def test_cmdline_nul_separators_become_spaces() -> None:
+    assert parse_cmdline(b"puma 5.6.5 (tcp://0.0.0.0:3000) [app]\0\0") == "puma 5.6.5 (tcp://0.0.0.0:3000) [app]"
+
+
+def test_the_master_is_found_by_its_title_with_its_own_workers_in_index_order() -> None:
+    view = find_puma(TABLE)
+    assert view is not None and view.master.pid == 4242 and view.mode == "cluster"
+    assert [w.pid for w in view.workers] == [4300, 4301]
+
+
+def test_a_pidfile_pid_wins_over_the_title_scan() -> None:
+    assert find_puma(TABLE, master_pid=4400).master.pid == 4400  # type: ignore[union-attr]
+    assert find_puma(TABLE, master_pid=31337) is None
+
+
+def test_no_master_means_none() -> None:
+    assert find_puma([p for p in TABLE if p.pid != 4242]) is None
+
+
+def test_a_master_without_workers_is_single_mode() -> None:
+    assert find_puma([p for p in TABLE if p.ppid != 4242]).mode == "single"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("signal_ticks", "expected", "done"), [
+    (1300, 2, True), (1450, 2, False), (1300, 3, False), (1300, 0, False),
+])
+def test_a_restart_is_done_when_every_worker_slot_is_newer_than_the_signal(
+        signal_ticks: int, expected: int, done: bool) -> None:
+    assert restarted_since(find_puma(TABLE), signal_ticks, expected) is done
+
+
+@pytest.mark.parametrize(("config", "preload"), [
+    ("workers 2\npreload_app!\n", True),
+    ("workers 2\n  preload_app! true\n", True),
+    ("workers 2\npreload_app! false\n", False),
+    ("workers 2\n# preload_app!\n", False),
+    ("workers 2\n", False),
+    ("preload_app!(false)", False),
+])
+def test_preload_is_read_from_the_puma_config(config: str, preload: bool) -> None:
+    assert preload_in_config(config) is preload
+
+
+def test_stats_tell_a_finished_phased_restart() -> None:
+    done = Stats.parse(DATA["stats_cluster"])
+    assert done == Stats(phase=1, workers=2, booted_workers=2, old_workers=0)
+    assert done.phased_restart_done(phase_before=0)
+    assert not done.phased_restart_done(phase_before=1)
+
+
+def test_stats_mid_restart_are_not_done() -> None:
+    assert not Stats.parse(DATA["stats_mid_restart"]).phased_restart_done(phase_before=0)  # type: ignore[union-attr]
+
+
+def test_single_mode_stats_have_no_workers() -> None:
+    assert Stats.parse(DATA["stats_single"]) is None
+
+
+@pytest.mark.parametrize(("text", "digest"), [
+    ("a" * 64, "a" * 64),
+    ("A" * 64 + "  v2.tar.gz\n", "a" * 64),
+])
+def test_sha256_files_in_sha256sum_format(text: str, digest: str) -> None:
+    assert parse_sha256_file(text) == digest
+
+
+@pytest.mark.parametrize("text", ["", "abc", "z" * 64, "v2.tar.gz " + "a" * 64])
+def test_malformed_sha256_files_are_refused(text: str) -> None:
+    with pytest.raises(ReleaseError):
+        parse_sha256_file(text)
+
+
+def test_the_source_template_gets_the_release() -> None:
+    assert source_url("s3://b/web/{release}.tar.gz", "v2") == "s3://b/web/v2.tar.gz"
+    with pytest.raises(ReleaseError):
+        source_url("s3://b/web/{release}.tar.gz", "../v2")
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"source": "file:///r/{release}.tar.gz"}, "release must be"),
+    ({"release": "v1\n", "source": "file:///r/{release}.tar.gz"}, "release must be"),
+    ({"release": "v1", "source": "ftp://x/{release}"}, "source must be"),
+    ({"release": "v1", "source": "file:///r/v1.tar.gz"}, "source must be"),
+    ({"release": "v1", "source": "file:///r/{release}.tar.gz", "restart": "rolling"}, "restart must be"),
+    ({"release": "v1", "source": "file:///r/{release}.tar.gz", "deadlineSeconds": 0}, "deadlineSeconds"),
+])
+def test_bad_release_requests_name_the_field(body: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_release_request(body)
+
+
+def test_a_good_release_request() -> None:
+    request = parse_release_request({"release": "v2", "source": "s3://b/{release}.tar.gz", "restart": "hot",
+                                     "allowHot": True, "deadlineSeconds": 30})
+    assert (request.release, request.restart, request.allow_hot, request.deadline_seconds) == ("v2", "hot", True, 30)
