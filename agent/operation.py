@@ -177,7 +177,7 @@ class Agent:
                 done = stats.phased_restart_done(stats_before.phase)
             elif expected == 0:
                 # Single mode has no workers to count: the re-exec'd master has its title back.
-                done = time.monotonic() - started > 1 and puma.MASTER_TITLE.match(latest.title) is not None
+                done = time.monotonic() - started > 1 and puma.MASTER_TITLE.match(latest.master.title) is not None
             else:
                 done = puma.restarted_since(latest, ticks, expected)
             self._update(puma={"workersReplaced": sum(w.start_ticks >= ticks for w in latest.workers),

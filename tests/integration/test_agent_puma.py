@@ -233,3 +233,49 @@ def test_a_client_certificate_from_another_ca_is_refused(pod: Pod, tmp_path: Pat
     stranger = AgentClient(pod.agent.url, tmp_path / "other" / "controller.crt", tmp_path / "other" / "controller.key")
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
         stranger.call("GET", "/v1/status")
+
+
+@pytest.fixture
+def constrained_pod(request: pytest.FixtureRequest, tmp_path: Path, moto: MotoS3) -> Iterator[Pod]:
+    """A pod whose Puma cannot phase-restart: single mode (workers 0) or preload_app! on."""
+    kind = request.param
+    certs = tmp_path / "certs"
+    ensure_certs(certs)
+    artifacts = tmp_path / "artifacts"
+    for release in ("v1", "v2"):
+        publish(artifacts, release, release_archive(release))
+    code = tmp_path / "code"
+    init_fetch(code, "v1", f"file://{artifacts}/{{release}}.tar.gz", moto.env)
+    puma = Puma(code, tmp_path, workers=0 if kind == "single" else 2, preload=kind == "preload").start()
+    agent = AgentProcess(code, tmp_path, certs / "ca.crt", {
+        "CFO_PUMA_PIDFILE": str(puma.pidfile), "CFO_PUMA_CONFIG": str(tmp_path / "puma.rb"),
+        "CFO_RESTART_DEADLINE_SECONDS": "20"}).start()
+    yield Pod(code, artifacts, puma, agent, AgentClient(agent.url, certs / "controller.crt",
+                                                        certs / "controller.key"), certs)
+    agent.stop()
+    puma.stop()
+
+
+@pytest.mark.parametrize("constrained_pod", ["single", "preload"], indirect=True)
+def test_a_phased_restart_that_cannot_happen_is_refused_before_anything_moves(constrained_pod: Pod) -> None:
+    pod = constrained_pod
+    reason = "single mode" if pod.puma.workers == 0 else "preload_app! is on"
+    pod.client.call("POST", "/v1/release", {"release": "v2", "source": pod.source, "restart": "phased"})
+    refused = pod.client.wait()
+    assert refused["state"] == "failed" and "phased restart is impossible" in refused["error"]
+    assert reason in refused["error"]
+    assert pod.current() == "releases/v1"
+
+    load = Load("127.0.0.1", pod.puma.port, rate=RATE).start()
+    time.sleep(1)
+    started = time.monotonic()
+    pod.client.call("POST", "/v1/release", {"release": "v2", "source": pod.source, "restart": "phased",
+                                            "allowHot": True})
+    done = pod.client.wait()
+    finished = time.monotonic()
+    time.sleep(1.5)
+    load.stop()
+    report(f"hot instead of phased ({reason})", load, started, finished)
+    assert done["state"] == "done" and done["restart"] == "hot" and reason in done["note"], done
+    assert load.failures() == []
+    assert {s.body for s in load.samples if s.sent_at > finished + 0.5} == {"v2"}
