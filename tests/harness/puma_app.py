@@ -59,6 +59,7 @@ class Puma:
     port: int = 0
     control_port: int = 0
     token: str = "test-control-token"
+    extra_config: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -86,6 +87,7 @@ class Puma:
             f'pidfile "{self.pidfile}"',
             "worker_boot_timeout 10",
             "preload_app!" if self.preload else "preload_app! false" if self.workers else "",
+            *self.extra_config,
             "",
         ]))
         with self.log.open("ab") as fh:
