@@ -56,12 +56,14 @@ class Agent:
         self._lock = threading.Lock()
         self._status = Status()
         self._thread: threading.Thread | None = None
+        self._asked: dict[str, int] = {}
 
     # --- queries ----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         with self._lock:
             status = asdict(self._status)
+            status["asked"] = dict(self._asked)
         status["release"] = current_release(self.layout)
         status["previous"] = previous_release(self.layout)
         try:
@@ -79,6 +81,8 @@ class Agent:
     def start(self, request: Request) -> bool:
         """Start an operation; False when it is a no-op (already there, or already under way)."""
         with self._lock:
+            # Counted so that a controller restart can be checked never to ask twice.
+            self._asked[request.release] = self._asked.get(request.release, 0) + 1
             state = self._status
             if state.state in (FETCHING, RESTARTING):
                 if state.target == request.release:

@@ -137,6 +137,7 @@ def test_the_same_release_twice_is_a_no_op(pod: Pod) -> None:
     code, status = pod.client.call("POST", "/v1/release", {"release": "v2", "source": pod.source})
     assert code == 200 and status["state"] == "done"
     assert pod.puma.worker_pids() == workers
+    assert status["asked"] == {"v2": 2}  # both requests are counted; only the first did anything
 
 
 def test_a_hot_restart_under_load_drops_nothing(pod: Pod) -> None:
