@@ -1,0 +1,278 @@
+"""The rollout plan: observed state in, the next actions out. Pure, so it is unit-tested alone.
+
+Level-based: nothing here remembers "what just happened". Everything needed to resume after
+a crash is in what the plan reads back: the rollout annotation on the Deployment (which
+records a batch *before* its agents are asked), the pods' release annotations, and what
+the agents of the batch report. An agent whose status already shows the batch's release as
+its target is never asked again, so no pod is signalled twice for one release.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+PROGRESSING, PAUSED, COMPLETE, FAILED, ROLLED_BACK = "Progressing", "Paused", "Complete", "Failed", "RolledBack"
+RUNNING_STATES = ("fetching", "restarting")
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """What a pod's agent said, or None when it could not be asked."""
+
+    state: str
+    target: str | None
+    release: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PodState:
+    name: str
+    ready: bool
+    """Running with an IP: its agent can be asked. Other pods start from the ConfigMap."""
+    serving: str | None
+    """The pod's customer-friendly.dev/release annotation."""
+    agent: AgentView | None = None
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """The customer-friendly.dev/rollout annotation."""
+
+    release: str
+    previous: str | None
+    phase: str
+    updated: int = 0
+    total: int = 0
+    message: str = ""
+    batch: tuple[str, ...] = ()
+    batchRelease: str | None = None
+    batchStartedAt: float | None = None
+    batchNumber: int = 0
+    rollingBack: bool = False
+    failedPod: str | None = None
+    reason: str | None = None
+    retry: str | None = None
+    startedAt: float | None = None
+
+    def to_annotation(self) -> str:
+        data = asdict(self)
+        data["batch"] = list(self.batch)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_annotation(cls, text: str | None) -> Rollout | None:
+        try:
+            data = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(data, dict) or "release" not in data or "phase" not in data:
+            return None
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["batch"] = tuple(known.get("batch") or ())
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the user asked for, resolved from the Deployment's annotations and the policy."""
+
+    release: str
+    source: str
+    restart: str = "phased"
+    replicas: int = 1
+    max_unavailable: str = "50%"
+    canary: int = 1
+    paused: bool = False
+    auto_rollback: bool = True
+    retry: str | None = None
+    batch_deadline_seconds: float = 300.0
+
+
+@dataclass
+class Event:
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass
+class Actions:
+    """What the I/O shell must do, in this order."""
+
+    configmap_release: str | None = None
+    mark: dict[str, str] = field(default_factory=dict)
+    """pod name -> release it now serves"""
+    rollout: Rollout | None = None
+    """The new annotation; written before any agent is asked."""
+    ask: dict[str, str] = field(default_factory=dict)
+    """pod name -> release its agent must go to"""
+    events: list[Event] = field(default_factory=list)
+    requeue_seconds: float | None = None
+
+
+def batch_size(spec: Spec, first: bool) -> int:
+    """The canary for the first batch, then max-unavailable (N, or N% of replicas rounded up)."""
+    if first and spec.canary > 0:
+        return spec.canary
+    text = spec.max_unavailable.strip()
+    if text.endswith("%"):
+        return max(1, math.ceil(spec.replicas * int(text[:-1]) / 100))
+    return max(1, int(text))
+
+
+def configmap_target(spec: Spec, rollout: Rollout) -> str | None:
+    """The release new pods must start on: never one that failed and was abandoned."""
+    abandoned = rollout.release == spec.release and (rollout.rollingBack or rollout.phase in (FAILED, ROLLED_BACK))
+    return rollout.previous if abandoned and rollout.previous else spec.release
+
+
+def _start(spec: Spec, previous: str | None, now: float) -> Rollout:
+    return Rollout(release=spec.release, previous=previous, phase=PROGRESSING, retry=spec.retry, startedAt=now,
+                   message=f"rolling {spec.release} in place")
+
+
+def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pods: list[PodState],
+         now: float) -> Actions:
+    actions = Actions()
+    by_name = {p.name: p for p in pods}
+
+    # A new wanted release (or a retry) starts a rollout, but only between batches.
+    fresh = rollout is None or rollout.release != spec.release or (
+        rollout.phase in (FAILED, ROLLED_BACK) and spec.retry and spec.retry != rollout.retry)
+    if fresh and (rollout is None or not rollout.batch):
+        previous = configmap_release if configmap_release != spec.release else (rollout.previous if rollout else None)
+        rollout = _start(spec, previous, now)
+        actions.events.append(Event("RolloutStarted", f"release {spec.release} (from {previous}) started"))
+    assert rollout is not None
+
+    # The release ConfigMap always names the release new pods must start on.
+    if configmap_release != (target := configmap_target(spec, rollout)):
+        actions.configmap_release = target
+
+    # Pods that report what they serve but carry no annotation yet (new, or verified late).
+    for pod in pods:
+        if pod.ready and pod.agent and pod.agent.state in ("idle", "done") and pod.agent.release \
+                and pod.serving != pod.agent.release and pod.name not in rollout.batch:
+            actions.mark[pod.name] = pod.agent.release
+
+    def serving(pod: PodState) -> str | None:
+        return actions.mark.get(pod.name, pod.serving)
+
+    # 1. A batch in flight: collect results, resume asking after a crash, watch the deadline.
+    if rollout.batch:
+        remaining, failure = [], None
+        for name in rollout.batch:
+            pod = by_name.get(name)
+            if pod is None:
+                continue  # deleted mid-batch: the ReplicaSet replaces it from the ConfigMap
+            agent, want = pod.agent, rollout.batchRelease
+            if agent and agent.state == "done" and agent.release == want:
+                actions.mark[name] = want  # type: ignore[assignment]
+            elif agent and agent.state == "failed" and agent.target == want:
+                failure = (name, agent.error or "the agent reported failure")
+            else:
+                remaining.append(name)
+                if agent and agent.target != want and agent.release != want and agent.state not in RUNNING_STATES:
+                    actions.ask[name] = want  # type: ignore[assignment]  # recorded but never asked
+        deadline_passed = rollout.batchStartedAt is not None and now - rollout.batchStartedAt > \
+            spec.batch_deadline_seconds
+        if failure is None and remaining and deadline_passed:
+            failure = (remaining[0], f"did not finish within {spec.batch_deadline_seconds:.0f}s")
+        updated = sum(1 for p in pods if serving(p) == rollout.release)
+        if failure is not None and not rollout.rollingBack:
+            return _fail(spec, rollout, pods, serving, failure, actions, now)
+        if remaining and failure is None:
+            actions.rollout = replace(rollout, updated=updated, total=len(pods)) if updated != rollout.updated \
+                else None
+            actions.requeue_seconds = 0.5
+            return actions
+        rollout = replace(rollout, batch=(), batchRelease=None, batchStartedAt=None, updated=updated,
+                          total=len(pods))
+        if failure is not None:  # a rollback that itself failed: stop, loudly
+            actions.rollout = replace(rollout, phase=FAILED, message=f"rollback failed on pod {failure[0]}: "
+                                      f"{failure[1]}")
+            actions.events.append(Event("RollbackFailed", actions.rollout.message, warning=True))
+            return actions
+        actions.events.append(Event("BatchDone", f"batch {rollout.batchNumber} on {want_of(rollout)} done"))
+        if rollout.release != spec.release and not rollout.rollingBack:
+            # Superseded while the batch ran: the next reconcile starts the newest release.
+            actions.rollout = rollout
+            actions.requeue_seconds = 0.0
+            return actions
+
+    # 2. Between batches.
+    if rollout.rollingBack:
+        back = [p for p in pods if p.ready and serving(p) != rollout.previous]
+        if not back:
+            actions.rollout = replace(rollout, phase=ROLLED_BACK, rollingBack=False,
+                                      message=f"rolled back to {rollout.previous} after pod {rollout.failedPod} "
+                                      f"failed: {rollout.reason}")
+            actions.events.append(Event("RolledBack", actions.rollout.message, warning=True))
+            return actions
+        return _ask_batch(rollout, back, len(back), rollout.previous, actions, now)  # type: ignore[arg-type]
+    if rollout.phase in (FAILED, ROLLED_BACK):
+        actions.rollout = rollout if actions.mark else None
+        return actions
+    pending = sorted((p for p in pods if p.ready and serving(p) != spec.release), key=lambda p: p.name)
+    updated = sum(1 for p in pods if serving(p) == spec.release)
+    if not pending:
+        waiting = [p.name for p in pods if not p.ready]
+        message = f"all {updated} running pods serve {spec.release}" + (
+            f"; {len(waiting)} not running yet start on it from the ConfigMap" if waiting else "")
+        done = replace(rollout, phase=COMPLETE, updated=updated, total=len(pods), message=message)
+        if rollout.phase != COMPLETE:
+            actions.events.append(Event("RolloutComplete", message))
+        actions.rollout = done if done != rollout else None
+        return actions
+    if spec.paused:
+        paused = replace(rollout, phase=PAUSED, updated=updated, total=len(pods),
+                         message=f"paused after {updated} of {len(pods)} pods")
+        actions.rollout = paused if paused != rollout else None
+        return actions
+    first = updated == 0 and rollout.batchNumber == 0
+    rollout = replace(rollout, phase=PROGRESSING, updated=updated, total=len(pods))
+    return _ask_batch(rollout, pending, batch_size(spec, first), spec.release, actions, now)
+
+
+def want_of(rollout: Rollout) -> str:
+    return rollout.previous if rollout.rollingBack else rollout.release  # type: ignore[return-value]
+
+
+def _ask_batch(rollout: Rollout, pending: list[PodState], size: int, release: str, actions: Actions,
+               now: float) -> Actions:
+    batch = tuple(p.name for p in pending[:size])
+    number = rollout.batchNumber + 1
+    message = (f"rolling back {len(batch)} pods to {release}" if rollout.rollingBack
+               else f"batch {number}: {len(batch)} pods to {release} ({rollout.updated} of {rollout.total} done)")
+    actions.rollout = replace(rollout, batch=batch, batchRelease=release, batchStartedAt=now, batchNumber=number,
+                              message=message)
+    actions.ask = dict.fromkeys(batch, release)
+    actions.events.append(Event("BatchStarted", f"{message}: {', '.join(batch)}"))
+    actions.requeue_seconds = 0.5
+    return actions
+
+
+def _fail(spec: Spec, rollout: Rollout, pods: list[PodState], serving: Any, failure: tuple[str, str],
+          actions: Actions, now: float) -> Actions:
+    pod, reason = failure
+    message = f"pod {pod}: {reason}"
+    actions.events.append(Event("RolloutFailed", f"release {rollout.release} failed: {message}", warning=True))
+    failed = replace(rollout, phase=FAILED, failedPod=pod, reason=reason, batch=(), batchRelease=None,
+                     batchStartedAt=None, message=message)
+    if rollout.previous is not None:
+        actions.configmap_release = rollout.previous
+    if not spec.auto_rollback or rollout.previous is None:
+        actions.rollout = failed
+        return actions
+    # Every pod that moved, and those of the failed batch (their `current` may have moved too).
+    back = [p for p in pods if p.ready and (serving(p) != rollout.previous or p.name in rollout.batch)]
+    for name in rollout.batch:
+        actions.mark.pop(name, None)
+    actions.events.append(Event("RollingBack", f"rolling {len(back)} pods back to {rollout.previous}",
+                                warning=True))
+    failed = replace(failed, rollingBack=True)
+    return _ask_batch(failed, back, len(back), rollout.previous, actions, now)

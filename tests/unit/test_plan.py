@@ -1,0 +1,205 @@
+"""The rollout plan, step by step, with agents simulated as plain data (no I/O, no mocks)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from controller.plan import (
+    COMPLETE,
+    FAILED,
+    PAUSED,
+    PROGRESSING,
+    ROLLED_BACK,
+    AgentView,
+    PodState,
+    Rollout,
+    Spec,
+    batch_size,
+    plan,
+)
+
+NOW = 1000.0
+
+
+def pods(n: int, serving: str = "v1") -> list[PodState]:
+    return [PodState(f"web-{i}", True, serving, AgentView("idle", None, serving)) for i in range(n)]
+
+
+class World:
+    """Pods whose agents do instantly (or fail) whatever they are asked; the plan runs to a fixpoint."""
+
+    def __init__(self, spec: Spec, pod_states: list[PodState], configmap: str | None = "v1",
+                 rollout: Rollout | None = None, broken: frozenset[str] = frozenset()) -> None:
+        self.spec, self.configmap, self.rollout, self.broken = spec, configmap, rollout, broken
+        self.pods = {p.name: p for p in pod_states}
+        self.asked: list[tuple[str, str]] = []
+        self.batches: list[tuple[str, ...]] = []
+        self.events: list[str] = []
+        self.now = NOW
+
+    def step(self, finish: bool = True) -> None:
+        actions = plan(self.spec, self.rollout, self.configmap, list(self.pods.values()), self.now)
+        self.events += [e.reason for e in actions.events]
+        if actions.configmap_release:
+            self.configmap = actions.configmap_release
+        for name, release in actions.mark.items():
+            self.pods[name] = replace(self.pods[name], serving=release)
+        if actions.rollout is not None:
+            self.rollout = actions.rollout
+            if actions.ask:
+                self.batches.append(actions.rollout.batch)
+        for name, release in actions.ask.items():
+            self.asked.append((name, release))
+            pod = self.pods[name]
+            if not finish:
+                view = AgentView("restarting", release, pod.agent.release if pod.agent else None)
+            elif release in self.broken:
+                view = AgentView("failed", release, release, "restart not done after 120s")
+            else:
+                view = AgentView("done", release, release)
+            self.pods[name] = replace(pod, agent=view)
+        self.now += 1
+
+    def run(self, steps: int = 50) -> World:
+        for _ in range(steps):
+            before = (self.rollout, dict(self.pods), self.configmap)
+            self.step()
+            if (self.rollout, dict(self.pods), self.configmap) == before:
+                break
+        return self
+
+
+@pytest.mark.parametrize(("replicas", "max_unavailable", "canary", "first", "size"), [
+    (10, "50%", 1, True, 1), (10, "50%", 1, False, 5), (10, "25%", 0, True, 3), (3, "1", 2, True, 2),
+    (3, "2", 1, False, 2), (1, "50%", 1, False, 1), (7, "100%", 1, False, 7),
+])
+def test_batch_sizes(replicas: int, max_unavailable: str, canary: int, first: bool, size: int) -> None:
+    spec = Spec("v2", "s3://b/{release}.tar.gz", replicas=replicas, max_unavailable=max_unavailable, canary=canary)
+    assert batch_size(spec, first) == size
+
+
+def test_a_rollout_goes_canary_first_then_in_batches_and_completes() -> None:
+    world = World(Spec("v2", "s", replicas=5, max_unavailable="50%", canary=1), pods(5)).run()
+    assert world.batches == [("web-0",), ("web-1", "web-2", "web-3"), ("web-4",)]
+    assert world.configmap == "v2"
+    assert {p.serving for p in world.pods.values()} == {"v2"}
+    assert world.rollout.phase == COMPLETE and world.rollout.previous == "v1"
+    assert world.rollout.updated == 5 and world.rollout.total == 5
+    assert world.events[0] == "RolloutStarted" and world.events[-1] == "RolloutComplete"
+
+
+def test_every_agent_is_asked_exactly_once() -> None:
+    world = World(Spec("v2", "s", replicas=6), pods(6)).run()
+    assert sorted(world.asked) == [(f"web-{i}", "v2") for i in range(6)]
+
+
+def test_the_configmap_moves_before_any_agent_is_asked() -> None:
+    world = World(Spec("v2", "s", replicas=3), pods(3))
+    world.step()
+    assert world.configmap == "v2" and world.asked == [("web-0", "v2")]
+
+
+def test_a_batch_is_recorded_before_its_agents_are_asked_and_resumed_after_a_crash() -> None:
+    world = World(Spec("v2", "s", replicas=3, canary=1), pods(3))
+    world.step(finish=False)  # web-0 is restarting when the controller dies
+    recorded = world.rollout
+    assert recorded.batch == ("web-0",) and recorded.batchRelease == "v2"
+    # A new controller reads the same annotation and agent states: it asks nobody again.
+    again = plan(world.spec, recorded, world.configmap, list(world.pods.values()), NOW + 5)
+    assert again.ask == {}
+    assert again.requeue_seconds == 0.5
+
+
+def test_a_batch_recorded_but_never_asked_is_asked_after_a_crash() -> None:
+    world = World(Spec("v2", "s", replicas=3, canary=1), pods(3))
+    actions = plan(world.spec, None, "v1", list(world.pods.values()), NOW)
+    # The controller wrote the annotation and died before calling the agent.
+    resumed = plan(world.spec, actions.rollout, "v2", list(world.pods.values()), NOW + 3)
+    assert resumed.ask == {"web-0": "v2"}
+
+
+def test_pods_not_running_are_skipped_and_verified_when_they_report() -> None:
+    states = [*pods(2), PodState("web-new", False, None, None)]
+    world = World(Spec("v2", "s", replicas=3), states).run()
+    assert ("web-new", "v2") not in world.asked
+    assert world.rollout.phase == COMPLETE and "1 not running yet" in world.rollout.message
+    world.pods["web-new"] = PodState("web-new", True, None, AgentView("idle", None, "v2"))
+    world.run()
+    assert world.pods["web-new"].serving == "v2"
+
+
+def test_a_failure_stops_the_rollout_and_rolls_back_what_moved() -> None:
+    world = World(Spec("v2", "s", replicas=4, canary=1, max_unavailable="2"), pods(4), broken=frozenset({"v2"}))
+    world.run()
+    assert world.rollout.phase == ROLLED_BACK
+    assert world.rollout.failedPod == "web-0" and "restart not done" in world.rollout.reason
+    assert world.asked == [("web-0", "v2"), ("web-0", "v1")]  # the canary only, then back
+    assert {p.serving for p in world.pods.values()} == {"v1"}
+    assert world.configmap == "v1"
+    assert "RolloutFailed" in world.events and "RolledBack" in world.events
+
+
+def test_a_failed_release_is_not_retried_until_a_new_release_or_retry() -> None:
+    world = World(Spec("v2", "s", replicas=2), pods(2), broken=frozenset({"v2"})).run()
+    asked = len(world.asked)
+    world.run()
+    assert len(world.asked) == asked
+    world.broken = frozenset()
+    world.spec = replace(world.spec, retry="1")
+    world.run()
+    assert world.rollout.phase == COMPLETE and {p.serving for p in world.pods.values()} == {"v2"}
+
+
+def test_without_auto_rollback_a_failure_just_stops() -> None:
+    world = World(Spec("v2", "s", replicas=3, auto_rollback=False), pods(3), broken=frozenset({"v2"})).run()
+    assert world.rollout.phase == FAILED and world.asked == [("web-0", "v2")]
+    assert world.configmap == "v1"  # new pods never start on a release known to fail
+
+
+def test_a_batch_past_its_deadline_fails() -> None:
+    world = World(Spec("v2", "s", replicas=2, batch_deadline_seconds=30), pods(2))
+    world.step(finish=False)
+    world.now += 60
+    world.step()
+    assert "did not finish within 30s" in (world.rollout.reason or "")
+
+
+def test_paused_stops_between_batches_and_resumes() -> None:
+    world = World(Spec("v2", "s", replicas=4, canary=1, max_unavailable="1"), pods(4))
+    world.step()  # canary asked
+    world.spec = replace(world.spec, paused=True)
+    world.run()
+    assert world.rollout.phase == PAUSED and len(world.asked) == 1
+    assert world.pods["web-0"].serving == "v2"
+    world.spec = replace(world.spec, paused=False)
+    world.run()
+    assert world.rollout.phase == COMPLETE and len(world.asked) == 4
+
+
+def test_a_newer_release_mid_batch_finishes_the_batch_then_moves_everyone_to_it() -> None:
+    world = World(Spec("v2", "s", replicas=4, canary=1), pods(4))
+    world.step(finish=False)  # the canary is restarting to v2
+    world.spec = replace(world.spec, release="v3")
+    world.step()
+    assert world.configmap == "v3" and world.rollout.release == "v2" and world.rollout.batch == ("web-0",)
+    world.pods["web-0"] = replace(world.pods["web-0"], agent=AgentView("done", "v2", "v2"))
+    world.run()
+    assert world.rollout.release == "v3" and world.rollout.phase == COMPLETE
+    assert {p.serving for p in world.pods.values()} == {"v3"}
+    assert ("web-0", "v3") in world.asked
+
+
+def test_scaling_up_mid_rollout_includes_the_new_running_pods() -> None:
+    world = World(Spec("v2", "s", replicas=3, canary=1, max_unavailable="1"), pods(3))
+    world.step()
+    world.pods["web-9"] = PodState("web-9", True, None, AgentView("idle", None, "v1"))
+    world.run()
+    assert world.pods["web-9"].serving == "v2" and world.rollout.total == 4
+
+
+def test_the_rollout_annotation_round_trips() -> None:
+    rollout = Rollout("v2", "v1", PROGRESSING, 1, 3, "batch 1", ("web-0",), "v2", NOW, 1)
+    assert Rollout.from_annotation(rollout.to_annotation()) == rollout
+    assert Rollout.from_annotation("not json") is None and Rollout.from_annotation(None) is None
