@@ -26,13 +26,15 @@ CANARY = PREFIX + "canary"
 VOLUME = PREFIX + "volume"
 STORAGE_CLASS = PREFIX + "storage-class"
 PAUSED = PREFIX + "paused"
+RETRY = PREFIX + "retry"
+"""Any new value restarts a release that failed (the release id alone cannot change)."""
 
 # Written by the controller.
 ROLLOUT = PREFIX + "rollout"
 
 USER_ANNOTATIONS = (
     ENABLED, RELEASE, SOURCE, CONTAINER, CODE_PATH, RESTART, PRE_STOP_SECONDS,
-    MAX_REQUEST_SECONDS, MAX_UNAVAILABLE, CANARY, VOLUME, STORAGE_CLASS, PAUSED,
+    MAX_REQUEST_SECONDS, MAX_UNAVAILABLE, CANARY, VOLUME, STORAGE_CLASS, PAUSED, RETRY,
 )
 KNOWN_ANNOTATIONS = frozenset((*USER_ANNOTATIONS, ROLLOUT))
 

@@ -1,0 +1,106 @@
+"""The one module that talks to the Kubernetes API for the controller.
+
+Only what the ClusterRole in manifests/base/controller-rbac.yaml grants: Deployments and
+Pods (get, list, watch, patch), ConfigMaps (get, create, patch), Events (create), and a
+Lease in the controller's own namespace.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+import contract as c
+
+logger = logging.getLogger(__name__)
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.calls = 0
+        """API requests made, for the requests-per-pod figure."""
+
+    def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls += 1
+        try:
+            obj = self.apps.read_namespaced_deployment(name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return self.apps.api_client.sanitize_for_serialization(obj)
+
+    def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        self.calls += 1
+        label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector)
+        return self.core.api_client.sanitize_for_serialization(pods).get("items", [])
+
+    def configmap_release(self, namespace: str, deployment: str) -> str | None:
+        self.calls += 1
+        try:
+            cm = self.core.read_namespaced_config_map(c.release_configmap_name(deployment), namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return (cm.data or {}).get(c.RELEASE_CONFIGMAP_KEY)
+
+    def write_configmap(self, namespace: str, deployment: dict[str, Any], release: str, source: str) -> None:
+        """The release ConfigMap, owned by the Deployment so that it goes when the Deployment goes."""
+        meta = deployment["metadata"]
+        name = c.release_configmap_name(meta["name"])
+        body = {
+            "metadata": {
+                "name": name, "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "customer-friendly-operator"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"],
+                                     "uid": meta["uid"], "controller": True, "blockOwnerDeletion": False}],
+            },
+            "data": {c.RELEASE_CONFIGMAP_KEY: release, "source": source},
+        }
+        self.calls += 1
+        try:
+            self.core.patch_namespaced_config_map(name, namespace, body)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            self.calls += 1
+            self.core.create_namespaced_config_map(namespace, body)
+
+    def annotate_deployment(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+        self.calls += 1
+        self.apps.patch_namespaced_deployment(name, namespace, {"metadata": {"annotations": annotations}})
+
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+        self.calls += 1
+        try:
+            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
+        except ApiException as err:
+            if err.status != 404:  # a pod deleted meanwhile needs no annotation
+                raise
+
+    def event(self, deployment: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
+        meta = deployment["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(api_version="apps/v1", kind="Deployment", name=meta["name"],
+                                                     namespace=meta["namespace"], uid=meta["uid"]),
+            reason=reason, message=message[:1024], type="Warning" if warning else "Normal",
+            first_timestamp=now, last_timestamp=now, count=1,
+            source=client.V1EventSource(component="customer-friendly-controller"),
+            reporting_component="customer-friendly.dev/controller", reporting_instance="controller",
+        )
+        self.calls += 1
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as err:  # events are best effort; the rollout annotation is the record
+            logger.warning("could not record event %s on %s/%s: %s", reason, meta["namespace"], meta["name"],
+                           err.reason)

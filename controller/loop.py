@@ -1,0 +1,220 @@
+"""Keep reconcile fed: list+watch Deployments, a delaying work queue, and a leader Lease.
+
+The watch loop is deliberately plain: list, watch from the list's resourceVersion with
+bookmarks, and on 410 Gone (or any broken stream, such as an API server restart) list again.
+Only the Lease holder reconciles, so two replicas never roll the same Deployment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+import contract as c
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+
+class WorkQueue:
+    """Keys due at a time; a key is never handed to two workers at once."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[Key, float] = {}
+        self._heap: list[tuple[float, Key]] = []
+        self._active: set[Key] = set()
+        self._again: dict[Key, float] = {}
+
+    def add(self, key: Key, delay: float = 0.0) -> None:
+        when = time.monotonic() + delay
+        with self._cond:
+            if key in self._active:
+                self._again[key] = min(when, self._again.get(key, when))
+                return
+            if key in self._due and self._due[key] <= when:
+                return
+            self._due[key] = when
+            heapq.heappush(self._heap, (when, key))
+            self._cond.notify()
+
+    def get(self, stop: threading.Event) -> Key | None:
+        with self._cond:
+            while not stop.is_set():
+                while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
+                    heapq.heappop(self._heap)  # superseded entry
+                if self._heap and self._heap[0][0] <= time.monotonic():
+                    _, key = heapq.heappop(self._heap)
+                    del self._due[key]
+                    self._active.add(key)
+                    return key
+                timeout = (self._heap[0][0] - time.monotonic()) if self._heap else 1.0
+                self._cond.wait(max(0.01, min(timeout, 1.0)))
+        return None
+
+    def done(self, key: Key) -> None:
+        with self._cond:
+            self._active.discard(key)
+            again = self._again.pop(key, None)
+        if again is not None:
+            self.add(key, max(0.0, again - time.monotonic()))
+
+
+def _opted_in(obj: Any) -> bool:
+    annotations = (obj.metadata.annotations or {}) if obj.metadata else {}
+    return annotations.get(c.ENABLED) == "true"
+
+
+def watch_deployments(apps: client.AppsV1Api, enqueue: Callable[[Key], None], stop: threading.Event,
+                      max_iterations: int | None = None) -> None:
+    """List, then watch; 410 or a broken stream go back to listing. `max_iterations` is for tests."""
+    iterations = 0
+    while not stop.is_set() and (max_iterations is None or iterations < max_iterations):
+        iterations += 1
+        try:
+            listed = apps.list_deployment_for_all_namespaces()
+            for item in listed.items:
+                if _opted_in(item):
+                    enqueue((item.metadata.namespace, item.metadata.name))
+            version = listed.metadata.resource_version
+            stream = watch.Watch()
+            for event in stream.stream(apps.list_deployment_for_all_namespaces, resource_version=version,
+                                       allow_watch_bookmarks=True, timeout_seconds=60):
+                if stop.is_set():
+                    stream.stop()
+                    break
+                obj = event["object"]
+                if event["type"] == "BOOKMARK":
+                    continue
+                if _opted_in(obj) or event["type"] == "DELETED":
+                    enqueue((obj.metadata.namespace, obj.metadata.name))
+        except ApiException as err:
+            if err.status != 410:
+                logger.warning("watch failed (%s); listing again in 1s", err.reason)
+                stop.wait(1)
+        except Exception as err:  # a dropped connection, an API server restart
+            logger.warning("watch interrupted (%s); listing again in 1s", err)
+            stop.wait(1)
+
+
+class Lease:
+    """Leader election on a coordination.k8s.io Lease, with optimistic concurrency."""
+
+    def __init__(self, api: client.CoordinationV1Api, namespace: str, name: str, identity: str,
+                 duration: int = 15) -> None:
+        self.api, self.namespace, self.name, self.identity, self.duration = api, namespace, name, identity, duration
+
+    def try_acquire(self) -> bool:
+        now = dt.datetime.now(dt.UTC)
+        try:
+            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            body = client.V1Lease(metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
+                                  spec=client.V1LeaseSpec(holder_identity=self.identity, acquire_time=now,
+                                                          renew_time=now, lease_duration_seconds=self.duration))
+            try:
+                self.api.create_namespaced_lease(self.namespace, body)
+                return True
+            except ApiException as create_err:
+                if create_err.status == 409:
+                    return False
+                raise
+        spec = lease.spec
+        held_by_other = spec.holder_identity not in (None, self.identity)
+        expired = spec.renew_time is None or (
+            now - spec.renew_time).total_seconds() > (spec.lease_duration_seconds or self.duration)
+        if held_by_other and not expired:
+            return False
+        if spec.holder_identity != self.identity:
+            spec.acquire_time = now
+            spec.lease_transitions = (spec.lease_transitions or 0) + 1
+        spec.holder_identity, spec.renew_time, spec.lease_duration_seconds = self.identity, now, self.duration
+        try:
+            self.api.replace_namespaced_lease(self.name, self.namespace, lease)
+        except ApiException as err:
+            if err.status == 409:  # someone else renewed first
+                return False
+            raise
+        return True
+
+
+class Controller:
+    def __init__(self, reconcile: Callable[[str, str], float | None], apps: client.AppsV1Api, lease: Lease | None,
+                 workers: int = 4, resync_seconds: float = 30.0) -> None:
+        self.reconcile, self.apps, self.lease = reconcile, apps, lease
+        self.workers, self.resync_seconds = workers, resync_seconds
+        self.queue = WorkQueue()
+        self.stop = threading.Event()
+        self.leading = threading.Event()
+        self.known: set[Key] = set()
+        self._failures: dict[Key, int] = {}
+
+    def _enqueue(self, key: Key) -> None:
+        self.known.add(key)
+        self.queue.add(key)
+
+    def _work(self) -> None:
+        while not self.stop.is_set():
+            if not self.leading.wait(0.5):
+                continue
+            key = self.queue.get(self.stop)
+            if key is None:
+                continue
+            try:
+                again = self.reconcile(*key)
+                self._failures.pop(key, None)
+            except Exception:
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                again = min(30.0, 0.5 * 2 ** failures)
+                logger.exception("reconcile %s/%s failed; retrying in %.1fs", *key, again)
+            finally:
+                self.queue.done(key)
+            if again is not None:
+                self.queue.add(key, again)
+
+    def _lead(self) -> None:
+        while not self.stop.is_set():
+            try:
+                leading = self.lease is None or self.lease.try_acquire()
+            except Exception as err:
+                logger.warning("lease renewal failed: %s", err)
+                leading = False
+            if leading and not self.leading.is_set():
+                logger.info("became the leader; reconciling")
+                for key in list(self.known):
+                    self.queue.add(key)
+            elif not leading and self.leading.is_set():
+                logger.warning("lost the lease; pausing")
+            (self.leading.set if leading else self.leading.clear)()
+            self.stop.wait((self.lease.duration / 3) if self.lease else 5)
+
+    def _resync(self) -> None:
+        while not self.stop.wait(self.resync_seconds):
+            for key in list(self.known):
+                self.queue.add(key)
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._lead, name="lease", daemon=True),
+                   threading.Thread(target=watch_deployments, args=(self.apps, self._enqueue, self.stop),
+                                    name="watch", daemon=True),
+                   threading.Thread(target=self._resync, name="resync", daemon=True)]
+        threads += [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
+                    for i in range(self.workers)]
+        for thread in threads:
+            thread.start()
+        try:
+            while not self.stop.wait(1):
+                pass
+        except KeyboardInterrupt:
+            self.stop.set()

@@ -1,0 +1,139 @@
+"""reconcile(namespace, name): read the state, plan with the pure function, apply. Nothing else.
+
+Returns when to look again: soon while a batch is in flight, never when there is nothing to
+do (the watch brings the next change).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+import contract as c
+from controller.agents import AgentClient, AgentError
+from controller.kube import Kube
+from controller.plan import COMPLETE, FAILED, ROLLED_BACK, AgentView, PodState, Rollout, Spec, plan
+from webhook.config import PolicySource
+from webhook.settings import Refusal, opted_in, resolve
+
+logger = logging.getLogger(__name__)
+
+ROLLOUTS = Counter("cfo_controller_rollouts", "Rollouts finished, by outcome", ["outcome"])
+PODS_UPDATED = Counter("cfo_controller_pods_updated", "Pods moved to a release in place")
+AGENT_ERRORS = Counter("cfo_controller_agent_call_errors", "Agent calls that failed or could not connect")
+DURATION = Histogram("cfo_controller_rollout_duration_seconds", "From a release annotation to its outcome",
+                     buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 3600))
+
+
+class Context(logging.LoggerAdapter):
+    def process(self, msg: str, kwargs: Any) -> tuple[str, Any]:
+        extra = self.extra or {}
+        return f"[{extra.get('namespace')}/{extra.get('name')} {extra.get('release')}] {msg}", kwargs
+
+
+@dataclass(frozen=True)
+class Settings:
+    default_agent_port: int = 9443
+    batch_deadline_seconds: float = 300.0
+
+
+def agent_port(pod: dict[str, Any], default: int) -> int:
+    spec = pod.get("spec") or {}
+    for container in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        for port in container.get("ports") or []:
+            if port.get("name") == c.AGENT_PORT_NAME:
+                return int(port["containerPort"])
+    return default
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    return bool(status.get("podIP")) and status.get("phase") == "Running" and \
+        not (pod.get("metadata") or {}).get("deletionTimestamp")
+
+
+DEFAULT_SETTINGS = Settings()
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, agents: AgentClient, policy: PolicySource,
+                 settings: Settings = DEFAULT_SETTINGS) -> None:
+        self.kube, self.agents, self.policy, self.settings = kube, agents, policy, settings
+        self.asked = 0
+
+    def reconcile(self, namespace: str, name: str) -> float | None:
+        deployment = self.kube.deployment(namespace, name)
+        if deployment is None:
+            return None
+        annotations = deployment["metadata"].get("annotations") or {}
+        try:
+            if not opted_in(annotations):
+                return None
+            policy = self.policy.current()
+            containers = [ct["name"] for ct in deployment["spec"]["template"]["spec"]["containers"]]
+            settings = resolve(annotations, containers, policy)
+        except Refusal as refusal:
+            logger.warning("%s/%s: not reconciled: %s", namespace, name, refusal)
+            return None
+        log = Context(logger, {"namespace": namespace, "name": name, "release": settings.release})
+        spec = Spec(
+            release=settings.release, source=settings.source, restart=settings.restart,
+            replicas=int(deployment["spec"].get("replicas") or 1), max_unavailable=settings.max_unavailable,
+            canary=settings.canary, paused=settings.paused, auto_rollback=policy.autoRollback,
+            retry=annotations.get(c.RETRY), batch_deadline_seconds=self.settings.batch_deadline_seconds,
+        )
+        rollout = Rollout.from_annotation(annotations.get(c.ROLLOUT))
+        selector = (deployment["spec"].get("selector") or {}).get("matchLabels") or {}
+        raw_pods = {p["metadata"]["name"]: p for p in self.kube.pods(namespace, selector)}
+        in_batch = set(rollout.batch) if rollout else set()
+        states = []
+        for pod_name, pod in sorted(raw_pods.items()):
+            ready = pod_ready(pod)
+            serving = (pod["metadata"].get("annotations") or {}).get(c.RELEASE)
+            view = None
+            if ready and (pod_name in in_batch or serving is None):
+                view = self._status(pod, log)
+            states.append(PodState(pod_name, ready, serving, view))
+        actions = plan(spec, rollout, self.kube.configmap_release(namespace, name), states, time.time())
+
+        if actions.configmap_release:
+            self.kube.write_configmap(namespace, deployment, actions.configmap_release, spec.source)
+        for pod_name, release in actions.mark.items():
+            self.kube.annotate_pod(namespace, pod_name, {c.RELEASE: release})
+            PODS_UPDATED.inc()
+        if actions.rollout is not None:
+            self.kube.annotate_deployment(namespace, name, {c.ROLLOUT: actions.rollout.to_annotation()})
+            self._observe_outcome(rollout, actions.rollout)
+        for pod_name, release in actions.ask.items():
+            pod = raw_pods[pod_name]
+            try:
+                self.asked += 1
+                self.agents.release(pod["status"]["podIP"], agent_port(pod, self.settings.default_agent_port),
+                                    release, spec.source, spec.restart)
+            except AgentError as err:
+                AGENT_ERRORS.inc()
+                log.warning("asking pod %s for %s: %s (will look again)", pod_name, release, err)
+        for event in actions.events:
+            log.info("%s: %s", event.reason, event.message)
+            self.kube.event(deployment, event.reason, event.message, event.warning)
+        return actions.requeue_seconds
+
+    def _status(self, pod: dict[str, Any], log: logging.LoggerAdapter) -> AgentView | None:
+        try:
+            return self.agents.status(pod["status"]["podIP"], agent_port(pod, self.settings.default_agent_port))
+        except AgentError as err:
+            AGENT_ERRORS.inc()
+            log.info("pod %s: agent not answering: %s", pod["metadata"]["name"], err)
+            return None
+
+    @staticmethod
+    def _observe_outcome(before: Rollout | None, after: Rollout) -> None:
+        ended = after.phase in (COMPLETE, ROLLED_BACK) or (after.phase == FAILED and not after.rollingBack)
+        if ended and (before is None or before.phase != after.phase or before.release != after.release):
+            ROLLOUTS.labels(after.phase).inc()
+            if after.startedAt:
+                DURATION.observe(max(0.0, time.time() - after.startedAt))
