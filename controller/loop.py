@@ -149,6 +149,18 @@ class Lease:
         return True
 
 
+    def release(self) -> None:
+        """Give the Lease up on a clean stop, so that another replica need not wait for it to expire."""
+        try:
+            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+            if lease.spec.holder_identity == self.identity:
+                lease.spec.holder_identity = None
+                lease.spec.renew_time = None
+                self.api.replace_namespaced_lease(self.name, self.namespace, lease)
+        except ApiException as err:
+            logger.warning("could not release the lease: %s", err.reason)
+
+
 class Controller:
     def __init__(self, reconcile: Callable[[str, str], float | None], apps: client.AppsV1Api, lease: Lease | None,
                  workers: int = 4, resync_seconds: float = 30.0) -> None:
@@ -218,3 +230,5 @@ class Controller:
                 pass
         except KeyboardInterrupt:
             self.stop.set()
+        if self.lease is not None and self.leading.is_set():
+            self.lease.release()

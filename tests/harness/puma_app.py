@@ -127,19 +127,20 @@ class AgentProcess:
     client_ca: Path
     env: dict[str, str]
     port: int = 0
+    bind: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.bind}:{self.port}"
 
     @property
     def log(self) -> Path:
         return self.workdir / "agent.log"
 
     def start(self) -> AgentProcess:
-        self.port = self.port or free_port()
-        env = {**os.environ, **self.env, "CFO_CODE_PATH": str(self.code), "CFO_AGENT_BIND": "127.0.0.1",
+        self.port = self.port or free_port(self.bind)
+        env = {**os.environ, **self.env, "CFO_CODE_PATH": str(self.code), "CFO_AGENT_BIND": self.bind,
                "CFO_AGENT_PORT": str(self.port), "CFO_CLIENT_CA_FILE": str(self.client_ca)}
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen([sys.executable, "-m", "agent", "serve"], cwd=ROOT, env=env, stdout=fh,

@@ -1,0 +1,197 @@
+"""A Deployment's pods made real without a kubelet, nginx in front of them, and the controller.
+
+The test plays the kubelet's part only: for each pod the controller-manager created, it runs
+the injected init step (`cfo-agent fetch` with the env the pod spec carries, the release
+read from the ConfigMap as the kubelet would resolve it), starts Puma and the agent, and
+writes the pod's status (Running, Ready, podIP 127.0.0.x) through the status subresource.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import contract as c
+from tests.harness.controlplane import ROOT, ControlPlane, ControlPlaneError, free_port, tail, terminate
+from tests.harness.puma_app import AgentProcess, Puma
+
+AGENT_PORT = 9443
+PUMA_CONFIG = ("queue_requests false",)
+
+
+@dataclass
+class FakeKubeletPod:
+    name: str
+    ip: str
+    puma: Puma
+    agent: AgentProcess
+
+
+@dataclass
+class Kubelet:
+    """Starts what a kubelet would for each pod, on its own loopback address."""
+
+    cluster: ControlPlane
+    namespace: str
+    workdir: Path
+    client_ca: Path
+    started: dict[str, FakeKubeletPod] = field(default_factory=dict)
+    next_ip: int = 10
+
+    def _resolve_env(self, pod: dict[str, Any]) -> dict[str, str]:
+        """The fetch container's env as the kubelet resolves it (ConfigMap refs included)."""
+        fetch = next(ct for ct in pod["spec"]["initContainers"] if ct["name"] == c.FETCH_CONTAINER)
+        env: dict[str, str] = {}
+        for item in fetch["env"]:
+            if "value" in item:
+                env[item["name"]] = item["value"]
+            elif "configMapKeyRef" in (item.get("valueFrom") or {}):
+                ref = item["valueFrom"]["configMapKeyRef"]
+                result = self.cluster.kubectl("-n", self.namespace, "get", "configmap", ref["name"], "-o", "json",
+                                              check=False)
+                if result.returncode == 0:
+                    value = (json.loads(result.stdout).get("data") or {}).get(ref["key"])
+                    if value is not None:
+                        env[item["name"]] = value
+        return env
+
+    def start(self, pod: dict[str, Any]) -> FakeKubeletPod:
+        name = pod["metadata"]["name"]
+        ip = f"127.0.0.{self.next_ip}"
+        self.next_ip += 1
+        home = self.workdir / name
+        home.mkdir(parents=True)
+        env = self._resolve_env(pod)
+        code = home / "code"
+        subprocess.run([sys.executable, "-m", "agent", "fetch"], cwd=ROOT, check=True, capture_output=True,
+                       env={**os.environ, **env, "CFO_CODE_PATH": str(code)})
+        puma = Puma(code, home, extra_config=PUMA_CONFIG).start()
+        agent = AgentProcess(code, home, self.client_ca, {
+            "CFO_PUMA_PIDFILE": str(puma.pidfile),
+            "CFO_PUMA_CONTROL_URL": puma.control_url, "CFO_PUMA_CONTROL_TOKEN": puma.token,
+            "CFO_RESTART_DEADLINE_SECONDS": "15"}, port=AGENT_PORT, bind=ip)
+        agent.start()
+        status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                             "conditions": [{"type": "Ready", "status": "True"}]}}
+        self.cluster.kubectl("-n", self.namespace, "patch", "pod", name, "--subresource=status", "--type=merge",
+                             "-p", json.dumps(status))
+        started = FakeKubeletPod(name, ip, puma, agent)
+        self.started[name] = started
+        return started
+
+    def sync(self, selector: str, want: int, timeout: float = 60) -> list[FakeKubeletPod]:
+        """Wait for `want` pods of the selector and start the ones not started yet."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pods = json.loads(self.cluster.kubectl("-n", self.namespace, "get", "pods", "-l", selector, "-o",
+                                                   "json").stdout)["items"]
+            pods = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+            if len(pods) >= want:
+                for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+                    if pod["metadata"]["name"] not in self.started:
+                        self.start(pod)
+                return [self.started[p["metadata"]["name"]] for p in pods]
+            time.sleep(0.3)
+        raise ControlPlaneError(f"only {len(pods)} of {want} pods appeared")
+
+    def stop(self) -> None:
+        for pod in self.started.values():
+            pod.agent.stop()
+            pod.puma.stop()
+
+
+@dataclass
+class Nginx:
+    """Debian's nginx as the balancer: round robin, and POSTs are never retried upstream."""
+
+    workdir: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, upstream_ports: list[int]) -> Nginx:
+        self.port = free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        servers = "\n".join(f"    server 127.0.0.1:{p};" for p in upstream_ports)
+        temp = "\n".join(f"  {kind}_temp_path {self.workdir}/{kind};" for kind in
+                         ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        conf = self.workdir / "nginx.conf"
+        conf.write_text(f"""user root;
+worker_processes 1;
+daemon off;
+pid {self.workdir}/nginx.pid;
+error_log {self.workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+{temp}
+  upstream pumas {{
+{servers}
+  }}
+  server {{
+    listen 127.0.0.1:{self.port};
+    location / {{ proxy_pass http://pumas; }}
+  }}
+}}
+""")
+        log = self.workdir / "nginx.out"
+        with log.open("ab") as fh:
+            self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(self.workdir)], stdout=fh,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise ControlPlaneError(
+                        f"nginx exited:\n{tail(log)}\n{tail(self.workdir / 'error.log')}") from None
+                time.sleep(0.1)
+        raise ControlPlaneError("nginx did not start")
+
+    def stop(self) -> None:
+        terminate(self.proc, 5)
+
+
+@dataclass
+class ControllerProcess:
+    cluster: ControlPlane
+    workdir: Path
+    certs: Path
+    proc: subprocess.Popen[bytes] | None = None
+    identity: str = field(default_factory=lambda: f"test-{time.time_ns()}")
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "controller.log"
+
+    def start(self) -> ControllerProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.cluster.kubectl("get", "namespace", "customer-friendly-system", check=False).returncode != 0:
+            self.cluster.kubectl("create", "namespace", "customer-friendly-system")
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "controller", "--kubeconfig", str(self.cluster.kubeconfig),
+                 "--cert", str(self.certs / "controller.crt"), "--key", str(self.certs / "controller.key"),
+                 "--metrics-port", "0", "--batch-deadline", "40", "--identity", self.identity],
+                cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "CFO_LOG_LEVEL": "info"})
+        time.sleep(0.5)
+        if self.proc.poll() is not None:
+            raise ControlPlaneError(f"controller exited:\n{tail(self.log)}")
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        terminate(self.proc, 10)
