@@ -194,23 +194,35 @@ def test_two_releases_in_quick_succession_end_on_the_second(fleet: Fleet) -> Non
 
 def test_paused_stops_between_batches_and_resuming_finishes(fleet: Fleet) -> None:
     fleet.annotate(paused="true", release="v2")
+    held = fleet.wait_rollout("v2", ("Paused",))
+    assert held["updated"] == 0  # paused before the first batch: nothing moves
+    fleet.annotate(paused="false")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not fleet.rollout().get("batch"):
+        time.sleep(0.05)
+    fleet.annotate(paused="true")  # while the canary batch is in flight
     paused = fleet.wait_rollout("v2", ("Paused",))
-    assert paused["updated"] == 1  # the canary batch finished, then it stopped
+    assert 1 <= paused["updated"] < REPLICAS  # the batch in flight finished, then it stopped
     time.sleep(2)
-    assert list(fleet.pod_releases().values()).count("v2") == 1
+    assert list(fleet.pod_releases().values()).count("v2") == paused["updated"]
     fleet.annotate(paused="false")
     fleet.wait_rollout("v2", ("Complete",))
     assert set(fleet.pod_releases().values()) == {"v2"}
 
 
 def test_pods_added_by_scaling_up_mid_rollout_get_the_new_release(fleet: Fleet) -> None:
+    original = set(fleet.kubelet.started)
     fleet.annotate(paused="true", release="v2")
     fleet.wait_rollout("v2", ("Paused",))
     fleet.kube.run("scale", "deployment/web", "--replicas=5")
-    fleet.kubelet.sync("app=web", 5)  # new pods start from the ConfigMap: already v2
-    new = [name for name, pod in fleet.kubelet.started.items() if fleet.served(name) == "v2"]
-    assert len(new) >= 3
+    fleet.kubelet.sync("app=web", 5)
+    added = set(fleet.kubelet.started) - original
+    assert len(added) == 2
+    assert all(fleet.served(name) == "v2" for name in added)  # they started from the ConfigMap
+    assert all(fleet.served(name) == "v1" for name in original)
     fleet.annotate(paused="false")
     rollout = fleet.wait_rollout("v2", ("Complete",))
     assert rollout["total"] == 5
     assert fleet.pod_releases() == dict.fromkeys(fleet.kubelet.started, "v2")
+    for name in added:  # verified, never asked: they were born on v2
+        assert fleet.agent(name)["asked"] == {}
