@@ -16,6 +16,8 @@ from typing import Any
 
 PROGRESSING, PAUSED, COMPLETE, FAILED, ROLLED_BACK = "Progressing", "Paused", "Complete", "Failed", "RolledBack"
 RUNNING_STATES = ("fetching", "restarting")
+POLL_SECONDS = 0.25
+"""How soon to look at a batch in flight again."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,8 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
     if fresh and (rollout is None or not rollout.batch):
         previous = configmap_release if configmap_release != spec.release else (rollout.previous if rollout else None)
         rollout = _start(spec, previous, now)
-        actions.events.append(Event("RolloutStarted", f"release {spec.release} (from {previous}) started"))
+        origin = f"from {previous}" if previous else "first release"
+        actions.events.append(Event("RolloutStarted", f"release {spec.release} ({origin}) started"))
     assert rollout is not None
 
     # The release ConfigMap always names the release new pods must start on.
@@ -188,7 +191,7 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
         if remaining and failure is None:
             actions.rollout = replace(rollout, updated=updated, total=len(pods)) if updated != rollout.updated \
                 else None
-            actions.requeue_seconds = 0.5
+            actions.requeue_seconds = POLL_SECONDS
             return actions
         rollout = replace(rollout, batch=(), batchRelease=None, batchStartedAt=None, updated=updated,
                           total=len(pods))
@@ -252,7 +255,7 @@ def _ask_batch(rollout: Rollout, pending: list[PodState], size: int, release: st
                               message=message)
     actions.ask = dict.fromkeys(batch, release)
     actions.events.append(Event("BatchStarted", f"{message}: {', '.join(batch)}"))
-    actions.requeue_seconds = 0.5
+    actions.requeue_seconds = POLL_SECONDS
     return actions
 
 

@@ -270,6 +270,17 @@ class ControlPlane:
             terminate(process.proc, 10)
         self.processes.clear()
 
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig for a plain user (a client certificate with CN=user), for RBAC tests."""
+        now = dt.datetime.now(dt.UTC)
+        pair = issue(self.ca, LeafSpec(user, Usage.CLIENT, organization=groups[0] if groups else None), 30, now)
+        pki = self.workdir / "pki"
+        (pki / f"user-{user}.crt").write_bytes(pair.cert_pem())
+        (pki / f"user-{user}.key").write_bytes(pair.key_pem())
+        path = self.workdir / f"{user}.kubeconfig"
+        write_kubeconfig(path, self.server, pki / "ca.crt", pki / f"user-{user}.crt", pki / f"user-{user}.key", user)
+        return path
+
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)

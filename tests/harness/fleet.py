@@ -18,11 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 import contract as c
 from tests.harness.controlplane import ROOT, ControlPlane, ControlPlaneError, free_port, tail, terminate
 from tests.harness.puma_app import AgentProcess, Puma
 
 AGENT_PORT = 9443
+NAMESPACE = "customer-friendly-system"
+USER = "customer-friendly-controller"
+RBAC_MANIFEST = ROOT / "manifests" / "base" / "controller-rbac.yaml"
 PUMA_CONFIG = ("queue_requests false",)
 
 
@@ -167,20 +172,40 @@ class ControllerProcess:
     certs: Path
     proc: subprocess.Popen[bytes] | None = None
     identity: str = field(default_factory=lambda: f"test-{time.time_ns()}")
+    metrics_port: int = field(default_factory=free_port)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def log(self) -> Path:
         return self.workdir / "controller.log"
 
+    def _least_privileged_kubeconfig(self) -> Path:
+        """The controller runs as a user bound to exactly the roles in manifests/, not as admin."""
+        if self.cluster.kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0:
+            self.cluster.kubectl("create", "namespace", NAMESPACE)
+        docs = list(yaml.safe_load_all(RBAC_MANIFEST.read_text()))
+        roles = [d for d in docs if d["kind"] in ("ClusterRole", "Role")]
+        self.cluster.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=yaml.safe_dump_all(roles))
+        for kind, role, extra in (("clusterrolebinding", "customer-friendly-controller", ()),
+                                  ("rolebinding", "customer-friendly-controller-lease", ("-n", NAMESPACE))):
+            flag = "--clusterrole" if kind == "clusterrolebinding" else "--role"
+            manifest = self.cluster.kubectl("create", kind, f"{role}-test-user", f"{flag}={role}", f"--user={USER}",
+                                            *extra, "--dry-run=client", "-o", "yaml").stdout
+            self.cluster.kubectl("apply", "-f", "-", *extra, input=manifest)
+        return self.cluster.user_kubeconfig(USER)
+
     def start(self) -> ControllerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.cluster.kubectl("get", "namespace", "customer-friendly-system", check=False).returncode != 0:
-            self.cluster.kubectl("create", "namespace", "customer-friendly-system")
+        kubeconfig = self._least_privileged_kubeconfig()
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "controller", "--kubeconfig", str(self.cluster.kubeconfig),
+                [sys.executable, "-m", "controller", "--kubeconfig", str(kubeconfig),
                  "--cert", str(self.certs / "controller.crt"), "--key", str(self.certs / "controller.key"),
-                 "--metrics-port", "0", "--batch-deadline", "40", "--identity", self.identity],
+                 "--metrics-port", str(self.metrics_port), "--metrics-bind", "127.0.0.1",
+                 "--batch-deadline", "40", "--identity", self.identity],
                 cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "CFO_LOG_LEVEL": "info"})
         time.sleep(0.5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,9 @@ def fleet(kube: Kube, cluster: ControlPlane, webhook: WebhookServer, tmp_path: P
     nginx = Nginx(tmp_path / "nginx").start([p.puma.port for p in pods])
     fleet = Fleet(kube, kubelet, controller, nginx, artifacts, certs)
     fleet.wait_rollout("v1", ("Complete",))
+    deadline = time.monotonic() + 30  # the controller verifies the new pods by asking their agents
+    while time.monotonic() < deadline and set(fleet.pod_releases().values()) != {"v1"}:
+        time.sleep(0.2)
     try:
         yield fleet
     finally:
@@ -141,8 +145,18 @@ def test_annotating_the_release_moves_every_pod_in_place_with_no_failed_request(
     configmap = fleet.kube.get("configmap", "web-cfo-release")
     assert configmap["data"] == {"release": "v2", "source": f"file://{fleet.artifacts}/{{release}}.tar.gz"}
     assert configmap["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
+    restarts = []
     for name in pods_before:
-        assert fleet.agent(name)["asked"] == {"v2": 1}
+        status = fleet.agent(name)
+        assert status["asked"] == {"v2": 1}
+        restarts.append(status["finished_at"] - status["started_at"])
+    one_pod = sorted(restarts)[len(restarts) // 2]
+    print(f"[controller v1->v2] {REPLICAS} pods in {elapsed:.2f}s; one pod's phased restart (median) "
+          f"{one_pod:.2f}s; ratio {elapsed / one_pod:.1f}")
+    with urllib.request.urlopen(fleet.controller.metrics_url, timeout=5) as response:
+        metrics = response.read().decode()
+    assert 'cfo_controller_rollouts_total{outcome="Complete"}' in metrics
+    assert "cfo_controller_pods_updated_total" in metrics
 
 
 def test_a_release_that_cannot_boot_stops_at_the_canary_and_rolls_back(fleet: Fleet) -> None:

@@ -10,6 +10,7 @@ from controller.plan import (
     COMPLETE,
     FAILED,
     PAUSED,
+    POLL_SECONDS,
     PROGRESSING,
     ROLLED_BACK,
     AgentView,
@@ -109,7 +110,7 @@ def test_a_batch_is_recorded_before_its_agents_are_asked_and_resumed_after_a_cra
     # A new controller reads the same annotation and agent states: it asks nobody again.
     again = plan(world.spec, recorded, world.configmap, list(world.pods.values()), NOW + 5)
     assert again.ask == {}
-    assert again.requeue_seconds == 0.5
+    assert again.requeue_seconds == POLL_SECONDS
 
 
 def test_a_batch_recorded_but_never_asked_is_asked_after_a_crash() -> None:
