@@ -212,7 +212,7 @@ class ControlPlane:
 
     def _start_apiserver(self, etcd_url: str, pki: dict[str, Path]) -> None:
         self.api_port = free_port()
-        apiserver = self._spawn("kube-apiserver", [
+        self._apiserver_args = [
             str(self.bin_dir / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
             f"--cert-dir={self.workdir / 'pki'}",
@@ -230,18 +230,31 @@ class ControlPlane:
             "--disable-admission-plugins=ServiceAccount",
             "--endpoint-reconciler-type=none",
             "--profiling=false",
-        ])
+        ]
+        apiserver = self._spawn("kube-apiserver", self._apiserver_args)
+        self._pki = pki
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         write_kubeconfig(self.kubeconfig, self.server, pki["ca.crt"], pki["admin.crt"], pki["admin.key"],
                          "cfo-admin")
-        context = ssl.create_default_context(cafile=str(pki["ca.crt"]))
-        context.load_cert_chain(pki["admin.crt"], pki["admin.key"])
+        self._wait_apiserver(apiserver)
+
+    def _wait_apiserver(self, apiserver: _Process) -> None:
+        context = ssl.create_default_context(cafile=str(self._pki["ca.crt"]))
+        context.load_cert_chain(self._pki["admin.crt"], self._pki["admin.key"])
 
         def ready() -> bool:
             with urllib.request.urlopen(f"{self.server}/readyz", timeout=5, context=context) as resp:
                 return resp.status == 200
 
         self._wait(apiserver, ready, 120)
+
+    def restart_apiserver(self, down_seconds: float = 1.0) -> None:
+        """Stop kube-apiserver and start it again on the same port and etcd, as an upgrade would."""
+        old = next(p for p in self.processes if p.name == "kube-apiserver")
+        terminate(old.proc, 10)
+        self.processes.remove(old)
+        time.sleep(down_seconds)
+        self._wait_apiserver(self._spawn("kube-apiserver", self._apiserver_args))
 
     def _start_controller_manager(self, pki: dict[str, Path]) -> None:
         kcm = self._spawn("kube-controller-manager", [
