@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from cryptography import x509
 
 from tests.harness.controlplane import ROOT, ControlPlane
@@ -29,8 +30,20 @@ def test_the_install_manifests_are_accepted_by_the_api_server(cluster: ControlPl
                  "configmap/customer-friendly-policy", "service/customer-friendly-webhook",
                  "deployment.apps/customer-friendly-webhook",
                  "poddisruptionbudget.policy/customer-friendly-webhook",
-                 "mutatingwebhookconfiguration.admissionregistration.k8s.io/customer-friendly-operator"):
+                 "mutatingwebhookconfiguration.admissionregistration.k8s.io/customer-friendly-operator",
+                 "serviceaccount/customer-friendly-controller", "deployment.apps/customer-friendly-controller",
+                 "clusterrole.rbac.authorization.k8s.io/customer-friendly-controller",
+                 "role.rbac.authorization.k8s.io/customer-friendly-controller-lease"):
         assert kind in result.stdout
+
+
+def test_no_role_grants_pods_exec_or_secrets(cluster: ControlPlane) -> None:
+    rendered = cluster.kubectl("kustomize", str(ROOT / "manifests" / "base")).stdout
+    for doc in yaml.safe_load_all(rendered):
+        for rule in (doc or {}).get("rules", []) if doc and doc["kind"] in ("ClusterRole", "Role") else []:
+            assert "pods/exec" not in rule.get("resources", [])
+            assert "secrets" not in rule.get("resources", [])
+            assert "*" not in rule.get("verbs", []) and "*" not in rule.get("resources", [])
 
 
 def cfo_certs(cluster: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
