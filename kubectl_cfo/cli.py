@@ -1,0 +1,195 @@
+"""`kubectl cfo`: drive in-place releases like `kubectl rollout`.
+
+    kubectl cfo release DEPLOY ID [--wait]     set the release; --wait shows progress, exits 1 on failure
+    kubectl cfo status DEPLOY                  pods and the releases they serve, and the rollout
+    kubectl cfo history DEPLOY                 releases and outcomes, from Events
+    kubectl cfo rollback DEPLOY [--wait]       release the previous release again
+    kubectl cfo pause|resume DEPLOY            stop between batches / carry on
+    kubectl cfo fleet                          every opted-in Deployment and what its pods run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+import contract as c
+from kubectl_cfo import view
+
+
+class CommandError(RuntimeError):
+    """Printed on stderr, exit code 1."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    def add_common(target: argparse.ArgumentParser, defaults: bool) -> None:
+        # kubectl takes its flags anywhere on the line; subcommands must not reset them.
+        keep = {} if defaults else {"default": argparse.SUPPRESS}
+        target.add_argument("-n", "--namespace", help="namespace (default: the context's)", **keep)
+        target.add_argument("--context", help="kubeconfig context", **keep)
+        target.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)", **keep)
+        target.add_argument("-o", "--output", choices=("table", "json", "yaml"), help="output format",
+                            **({"default": "table"} if defaults else keep))
+
+    parser = argparse.ArgumentParser(prog="kubectl cfo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    add_common(common, defaults=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, parents=[common])
+
+    release = command("release", "set the release of a Deployment")
+    release.add_argument("deployment")
+    release.add_argument("release")
+    rollback = command("rollback", "release the previous release again")
+    rollback.add_argument("deployment")
+    for waiting in (release, rollback):
+        waiting.add_argument("--wait", action="store_true", help="show progress until Complete, Failed or RolledBack")
+        waiting.add_argument("--timeout", type=float, default=1800, help="seconds to wait (default 1800)")
+    for name, text in (("status", "pods and their releases, and the rollout"),
+                       ("history", "releases and their outcomes"),
+                       ("pause", "pause the rollout between batches"), ("resume", "resume a paused rollout")):
+        command(name, text).add_argument("deployment")
+    command("fleet", "every opted-in Deployment and the releases its pods run")
+    return parser
+
+
+class Session:
+    def __init__(self, args: argparse.Namespace) -> None:
+        try:
+            api = config.new_client_from_config(config_file=args.kubeconfig, context=args.context)
+            contexts, active = config.list_kube_config_contexts(config_file=args.kubeconfig)
+            current = next((ctx for ctx in contexts if ctx["name"] == args.context), None) if args.context else active
+        except (config.ConfigException, OSError, TypeError) as err:
+            raise CommandError(f"cannot load kubeconfig: {err}") from err
+        self.namespace = args.namespace or (current or {}).get("context", {}).get("namespace") or "default"
+        self.apps, self.core = client.AppsV1Api(api), client.CoreV1Api(api)
+        self.serialize = api.sanitize_for_serialization
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        try:
+            deployment = self.serialize(self.apps.read_namespaced_deployment(name, self.namespace))
+        except ApiException as err:
+            if err.status == 404:
+                raise CommandError(f'deployment "{name}" not found in namespace "{self.namespace}"') from err
+            raise CommandError(f"cannot read deployment {name}: {err.reason}") from err
+        if view.annotations(deployment).get(c.ENABLED) != "true":
+            raise CommandError(f'deployment "{name}" is not opted in (annotation {c.ENABLED}: "true")')
+        return deployment
+
+    def pods(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
+        labels = (deployment["spec"].get("selector") or {}).get("matchLabels") or {}
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        namespace = deployment["metadata"]["namespace"]
+        return self.serialize(self.core.list_namespaced_pod(namespace, label_selector=selector)).get("items", [])
+
+    def annotate(self, name: str, values: dict[str, str]) -> None:
+        try:
+            self.apps.patch_namespaced_deployment(name, self.namespace, {"metadata": {"annotations": values}})
+        except ApiException as err:
+            body = err.body if isinstance(err.body, str) else ""
+            message = json.loads(body).get("message", err.reason) if body.startswith("{") else err.reason
+            raise CommandError(f"cannot update deployment {name}: {message}") from err
+
+
+def emit(args: argparse.Namespace, document: Any, text: str) -> None:
+    if args.output == "json":
+        print(json.dumps(document, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(document, sort_keys=False), end="")
+    else:
+        print(text)
+
+
+def wait(session: Session, name: str, release: str, timeout: float) -> int:
+    """Show progress on stderr until the rollout of `release` ends; 0 only for Complete."""
+    started, last = time.monotonic(), ""
+    tty = sys.stderr.isatty()
+    while time.monotonic() - started < timeout:
+        rollout = view.rollout_of(session.deployment(name))
+        if rollout.get("release") == release:
+            line = view.progress_line(rollout, time.monotonic() - started)
+            if line.rsplit("  ", 1)[0] != last.rsplit("  ", 1)[0] or tty:
+                print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+                last = line
+            if rollout.get("phase") in view.FINAL_PHASES and not rollout.get("batch"):
+                if tty:
+                    print(file=sys.stderr)
+                print(f"{rollout['phase']}: {rollout.get('message', '')}", file=sys.stderr)
+                return 0 if rollout["phase"] == "Complete" else 1
+        time.sleep(0.5)
+    print(f"\ntimed out after {timeout:.0f}s waiting for release {release}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    session = Session(args)
+    if args.command == "fleet":
+        apps = client.AppsV1Api(session.apps.api_client)
+        deployments = [d for d in session.serialize(apps.list_deployment_for_all_namespaces()).get("items", [])
+                       if view.annotations(d).get(c.ENABLED) == "true"]
+        pods = {(d["metadata"]["namespace"], d["metadata"]["name"]): session.pods(d) for d in deployments}
+        rows = view.fleet_rows(deployments, pods)
+        emit(args, rows, view.table(rows, [("NAMESPACE", "namespace"), ("DEPLOYMENT", "deployment"),
+                                           ("WANTED", "wanted"), ("PHASE", "phase"), ("PODS", "pods"),
+                                           ("RUNNING", "running")]))
+        return 0
+    name = args.deployment
+    deployment = session.deployment(name)
+    if args.command == "status":
+        document = view.status_document(deployment, session.pods(deployment))
+        rollout = document["rollout"]
+        summary = (f"release {document['wanted']}: {rollout.get('phase', 'no rollout yet')} "
+                   f"({rollout.get('updated', 0)}/{rollout.get('total', 0)} pods) {rollout.get('message', '')}")
+        emit(args, document, view.table(document["pods"], [("POD", "pod"), ("IP", "ip"), ("PHASE", "phase"),
+                                                           ("READY", "ready"), ("RELEASE", "release")])
+             + "\n\n" + summary.rstrip())
+        return 0
+    if args.command == "history":
+        events = session.serialize(session.core.list_namespaced_event(
+            session.namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=Deployment"))
+        rows = view.history_rows(deployment, events.get("items", []))
+        emit(args, rows, view.table(rows, [("TIME", "time"), ("TYPE", "type"), ("REASON", "reason"),
+                                           ("MESSAGE", "message")]))
+        return 0
+    if args.command in ("pause", "resume"):
+        session.annotate(name, {c.PAUSED: "true" if args.command == "pause" else "false"})
+        print(f"deployment.apps/{name} {'paused' if args.command == 'pause' else 'resumed'}")
+        return 0
+    if args.command == "rollback":
+        previous = view.rollout_of(deployment).get("previous")
+        if not previous:
+            raise CommandError(f"deployment {name} has no previous release to roll back to")
+        target = previous
+    else:
+        target = args.release
+        if not c.is_release_id(target):
+            raise CommandError(f"invalid release id {target!r}: it must match {c.RELEASE_ID_PATTERN}")
+    session.annotate(name, {c.RELEASE: target})
+    print(f"deployment.apps/{name} release {target}")
+    return wait(session, name, target, args.timeout) if args.wait else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except CommandError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""What `kubectl cfo` shows, computed from API objects. Pure: objects in, rows and text out."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import contract as c
+
+Obj = dict[str, Any]
+FINAL_PHASES = ("Complete", "Failed", "RolledBack")
+
+
+def annotations(obj: Obj) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("annotations") or {}
+
+
+def rollout_of(deployment: Obj) -> Obj:
+    try:
+        value = json.loads(annotations(deployment).get(c.ROLLOUT) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def pod_rows(pods: list[Obj]) -> list[Obj]:
+    rows = []
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        status = pod.get("status") or {}
+        ready = any(cond.get("type") == "Ready" and cond.get("status") == "True"
+                    for cond in status.get("conditions") or [])
+        rows.append({"pod": pod["metadata"]["name"], "ip": status.get("podIP") or "",
+                     "phase": status.get("phase") or "", "ready": ready,
+                     "release": annotations(pod).get(c.RELEASE) or ""})
+    return rows
+
+
+def status_document(deployment: Obj, pods: list[Obj]) -> Obj:
+    meta = deployment["metadata"]
+    return {"namespace": meta["namespace"], "deployment": meta["name"],
+            "wanted": annotations(deployment).get(c.RELEASE), "rollout": rollout_of(deployment),
+            "pods": pod_rows(pods)}
+
+
+def fleet_rows(deployments: list[Obj], pods_by_deployment: dict[tuple[str, str], list[Obj]]) -> list[Obj]:
+    rows = []
+    for deployment in sorted(deployments, key=lambda d: (d["metadata"]["namespace"], d["metadata"]["name"])):
+        meta = deployment["metadata"]
+        pods = pods_by_deployment.get((meta["namespace"], meta["name"]), [])
+        running = Counter(annotations(p).get(c.RELEASE) or "unknown" for p in pods)
+        rollout = rollout_of(deployment)
+        rows.append({"namespace": meta["namespace"], "deployment": meta["name"],
+                     "wanted": annotations(deployment).get(c.RELEASE) or "", "phase": rollout.get("phase", ""),
+                     "pods": len(pods), "running": dict(sorted(running.items()))})
+    return rows
+
+
+def history_rows(deployment: Obj, events: list[Obj]) -> list[Obj]:
+    ours = [e for e in events if (e.get("source") or {}).get("component") == "customer-friendly-controller"
+            or e.get("reportingComponent") == "customer-friendly.dev/controller"]
+    ours.sort(key=lambda e: e.get("firstTimestamp") or e.get("eventTime") or "")
+    return [{"time": e.get("firstTimestamp") or e.get("eventTime") or "", "type": e.get("type", ""),
+             "reason": e.get("reason", ""), "message": e.get("message", "")} for e in ours]
+
+
+def table(rows: list[Obj], columns: list[tuple[str, str]]) -> str:
+    """kubectl-style columns: upper-case headers, left-aligned, three spaces apart."""
+    def cell(row: Obj, key: str) -> str:
+        value = row.get(key, "")
+        if isinstance(value, dict):
+            return ",".join(f"{k}={v}" for k, v in value.items()) or "-"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value) if value not in (None, "") else "-"
+
+    cells = [[header for header, _ in columns]] + [[cell(r, key) for _, key in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("   ".join(value.ljust(widths[i]) for i, value in enumerate(line)).rstrip() for line in cells)
+
+
+def progress_line(rollout: Obj, elapsed: float, width: int = 24) -> str:
+    total, updated = int(rollout.get("total") or 0), int(rollout.get("updated") or 0)
+    filled = int(width * updated / total) if total else 0
+    bar = "#" * filled + "-" * (width - filled)
+    batch = rollout.get("batch") or []
+    return (f"[{bar}] {updated}/{total} pods on {rollout.get('release')}  {rollout.get('phase', '')}"
+            f"  batch {rollout.get('batchNumber', 0)}{f' ({len(batch)} pods)' if batch else ''}"
+            f"  {elapsed:.0f}s")

@@ -1,0 +1,56 @@
+"""`kubectl cfo` views: pure functions from API objects to rows and text."""
+
+from __future__ import annotations
+
+import json
+
+import contract as c
+from kubectl_cfo.view import fleet_rows, history_rows, pod_rows, progress_line, table
+
+
+def pod(name: str, release: str | None, ip: str = "10.0.0.5", ready: bool = True) -> dict:
+    return {"metadata": {"name": name, "annotations": {c.RELEASE: release} if release else {}},
+            "status": {"podIP": ip, "phase": "Running",
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def deployment(name: str, namespace: str, release: str, rollout: dict | None = None) -> dict:
+    annotations = {c.ENABLED: "true", c.RELEASE: release}
+    if rollout:
+        annotations[c.ROLLOUT] = json.dumps(rollout)
+    return {"metadata": {"name": name, "namespace": namespace, "annotations": annotations}}
+
+
+def test_pod_rows_are_sorted_and_show_the_release() -> None:
+    rows = pod_rows([pod("web-b", "v2"), pod("web-a", None, ready=False)])
+    assert [(r["pod"], r["release"], r["ready"]) for r in rows] == [("web-a", "", False), ("web-b", "v2", True)]
+
+
+def test_fleet_rows_count_what_pods_really_run() -> None:
+    web = deployment("web", "shop", "v3", {"phase": "Progressing"})
+    rows = fleet_rows([web], {("shop", "web"): [pod("a", "v3"), pod("b", "v2"), pod("c", None)]})
+    assert rows == [{"namespace": "shop", "deployment": "web", "wanted": "v3", "phase": "Progressing", "pods": 3,
+                     "running": {"unknown": 1, "v2": 1, "v3": 1}}]
+
+
+def test_history_keeps_only_our_events_in_time_order() -> None:
+    events = [
+        {"firstTimestamp": "2026-01-01T10:00:02Z", "reason": "RolloutComplete", "type": "Normal", "message": "done",
+         "source": {"component": "customer-friendly-controller"}},
+        {"firstTimestamp": "2026-01-01T10:00:01Z", "reason": "RolloutStarted", "type": "Normal", "message": "go",
+         "source": {"component": "customer-friendly-controller"}},
+        {"firstTimestamp": "2026-01-01T10:00:00Z", "reason": "ScalingReplicaSet", "type": "Normal", "message": "x",
+         "source": {"component": "deployment-controller"}},
+    ]
+    assert [r["reason"] for r in history_rows({}, events)] == ["RolloutStarted", "RolloutComplete"]
+
+
+def test_tables_align_columns_and_mark_empty_cells() -> None:
+    text = table([{"a": "x", "b": ""}, {"a": "longer", "b": {"v1": 2}}], [("A", "a"), ("B", "b")])
+    assert text.splitlines() == ["A        B", "x        -", "longer   v1=2"]
+
+
+def test_the_progress_line_shows_pods_batch_and_time() -> None:
+    line = progress_line({"release": "v2", "phase": "Progressing", "updated": 1, "total": 4, "batchNumber": 2,
+                          "batch": ["a", "b"]}, 12.4, width=8)
+    assert line == "[##------] 1/4 pods on v2  Progressing  batch 2 (2 pods)  12s"
