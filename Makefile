@@ -42,10 +42,10 @@ integration: venv debian-packages k8s-binaries
 test: venv debian-packages k8s-binaries lint
 	$(PY) -m pytest -q tests
 
-cluster: venv k8s-binaries
+cluster: venv debian-packages k8s-binaries
 	$(PY) -m tests.harness.cluster
 
-demo: venv k8s-binaries
+demo: venv debian-packages k8s-binaries
 	$(PY) -m tests.harness.demo
 
 clean:

@@ -192,7 +192,7 @@ class Agent:
         tail = puma.boot_error_tail(view)
         raise puma.PumaError(f"{mode} restart not done after {deadline_seconds:.0f}s: {replaced} of {expected} "
                              "workers replaced; the old workers keep serving"
-                             + (f"\nPuma's last output:\n{tail}" if tail else ""))
+                             + (f"; Puma said: {tail}" if tail else ""))
 
     def _stats(self) -> puma.Stats | None:
         if not self.config.puma_control_url:

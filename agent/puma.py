@@ -181,7 +181,21 @@ def fetch_stats(control_url: str, token: str | None) -> Stats | None:
         return Stats.parse(response.read().decode())
 
 
-def boot_error_tail(view: PumaView, lines: int = 15, proc: Path = Path("/proc")) -> str | None:
+def summarize_log(text: str, lines: int = 5) -> str:
+    """The last distinct lines of Puma's output, without pid prefixes: a crash-looping worker
+    repeats the same few lines for every attempt."""
+    distinct: list[str] = []
+    for line in text.splitlines():
+        line = re.sub(r"^\[\d+\] ", "", line).strip()
+        if line and line not in distinct:
+            distinct.append(line)
+        elif line in distinct:
+            distinct.remove(line)
+            distinct.append(line)
+    return " | ".join(distinct[-lines:])
+
+
+def boot_error_tail(view: PumaView, lines: int = 5, proc: Path = Path("/proc")) -> str | None:
     """The end of Puma's stderr when it goes to a file we can read (it often does not)."""
     try:
         target = Path(os.readlink(proc / str(view.master.pid) / "fd" / "2"))
@@ -189,6 +203,6 @@ def boot_error_tail(view: PumaView, lines: int = 15, proc: Path = Path("/proc"))
             return None
         with target.open("rb") as fh:
             fh.seek(max(0, target.stat().st_size - 8192))
-            return "\n".join(fh.read().decode(errors="replace").splitlines()[-lines:])
+            return summarize_log(fh.read().decode(errors="replace"), lines) or None
     except OSError:
         return None

@@ -59,7 +59,9 @@ def fleet_rows(deployments: list[Obj], pods_by_deployment: dict[tuple[str, str],
 def history_rows(deployment: Obj, events: list[Obj]) -> list[Obj]:
     ours = [e for e in events if (e.get("source") or {}).get("component") == "customer-friendly-controller"
             or e.get("reportingComponent") == "customer-friendly.dev/controller"]
-    ours.sort(key=lambda e: e.get("firstTimestamp") or e.get("eventTime") or "")
+    # Timestamps have whole seconds; resourceVersion breaks ties in creation order.
+    ours.sort(key=lambda e: (e.get("firstTimestamp") or e.get("eventTime") or "",
+                             int((e.get("metadata") or {}).get("resourceVersion") or 0)))
     return [{"time": e.get("firstTimestamp") or e.get("eventTime") or "", "type": e.get("type", ""),
              "reason": e.get("reason", ""), "message": e.get("message", "")} for e in ours]
 

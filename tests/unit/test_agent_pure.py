@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.puma import Process, Stats, find_puma, parse_cmdline, parse_stat, preload_in_config, restarted_since
+from agent.puma import (
+    Process,
+    Stats,
+    find_puma,
+    parse_cmdline,
+    parse_stat,
+    preload_in_config,
+    restarted_since,
+    summarize_log,
+)
 from agent.release import ReleaseError, parse_sha256_file, source_url
 from agent.server import parse_release_request
 
@@ -115,3 +124,10 @@ def test_a_good_release_request() -> None:
     request = parse_release_request({"release": "v2", "source": "s3://b/{release}.tar.gz", "restart": "hot",
                                      "allowHot": True, "deadlineSeconds": 30})
     assert (request.release, request.restart, request.allow_hot, request.deadline_seconds) == ("v2", "hot", True, 30)
+
+
+def test_a_crash_looping_workers_output_is_summarized_to_its_distinct_last_lines() -> None:
+    log = "\n".join(f"[{pid}] ! Unable to start worker\n[{pid}] config.ru:1:in `block in <main>'\n"
+                    f"[{pid}] Early termination of worker" for pid in (11, 12, 13))
+    assert summarize_log("[1] Puma starting\n" + log, lines=3) == (
+        "! Unable to start worker | config.ru:1:in `block in <main>' | Early termination of worker")
