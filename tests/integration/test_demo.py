@@ -18,9 +18,9 @@ def test_the_demo_releases_under_load_with_no_failed_request_and_rolls_back_a_br
                             timeout=600, check=False)
     print(result.stdout[-4000:])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert re.findall(r"requests failed\s+(\d+)", result.stdout) == ["0", "0"]
-    assert re.findall(r"pods replaced\s+(\d+)", result.stdout) == ["0", "0"]
-    assert re.findall(r"extra pods\s+(\d+)", result.stdout) == ["0", "0"]
+    assert re.findall(r"^  requests failed\s+(\d+)", result.stdout, re.M) == ["0", "0"]
+    assert re.findall(r"^  pods replaced\s+(\d+)", result.stdout, re.M) == ["0", "0"]
+    assert re.findall(r"^  extra pods\s+(\d+)", result.stdout, re.M) == ["0", "0"]
     assert "Complete: all 3 running pods serve v2" in result.stdout
     assert "RolledBack: rolled back to v2" in result.stdout
     assert "Demo passed" in result.stdout
