@@ -202,7 +202,11 @@ def boot_error_tail(view: PumaView, lines: int = 5, proc: Path = Path("/proc")) 
         if not target.is_file():
             return None
         with target.open("rb") as fh:
-            fh.seek(max(0, target.stat().st_size - 8192))
-            return summarize_log(fh.read().decode(errors="replace"), lines) or None
+            start = max(0, target.stat().st_size - 8192)
+            fh.seek(start)
+            text = fh.read().decode(errors="replace")
+            if start:
+                text = text.split("\n", 1)[-1]  # the first line read is only the end of one
+            return summarize_log(text, lines) or None
     except OSError:
         return None
