@@ -7,13 +7,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: help venv debian-packages k8s-binaries lint unit integration test cluster demo clean
+.PHONY: help venv debian-packages k8s-binaries lint unit integration test cluster demo preflight install upgrade uninstall clean
 
 help:
 	@echo "make demo         run the local demo on an embedded control plane"
 	@echo "make test         lint + unit + integration tests (real etcd, kube-apiserver, controller-manager)"
 	@echo "make cluster      start the same control plane and the webhook by hand; prints KUBECONFIG"
 	@echo "make k8s-binaries build/cache etcd, kube-apiserver, kube-controller-manager, kubectl"
+	@echo "make preflight    check the current kubectl context (and AWS) before installing"
+	@echo "make install      install cluster-wide into the current kubectl context (upgrade, uninstall)"
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +49,19 @@ cluster: venv debian-packages k8s-binaries
 
 demo: venv debian-packages k8s-binaries
 	$(PY) -m tests.harness.demo
+
+# Cluster-wide install into the current kubectl context (KUBECONFIG / --context via CFO_ADMIN_ARGS).
+preflight: venv
+	$(VENV)/bin/cfo-admin preflight $(CFO_ADMIN_ARGS)
+
+install: venv
+	$(VENV)/bin/cfo-admin install $(CFO_ADMIN_ARGS)
+
+upgrade: venv
+	$(VENV)/bin/cfo-admin upgrade $(CFO_ADMIN_ARGS)
+
+uninstall: venv
+	$(VENV)/bin/cfo-admin uninstall $(CFO_ADMIN_ARGS)
 
 clean:
 	rm -rf $(VENV) .cluster .pytest_cache .ruff_cache *.egg-info

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from certs.pki import LeafSpec, Usage, Validity, plan
+from certs.pki import LeafSpec, Plan, Usage, Validity, plan
 from certs.store import CA, DirectoryStore, SecretStore, Store
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,16 @@ def leaf_specs(service: str, namespace: str, dns: list[str], ips: list[str]) -> 
         "webhook": LeafSpec(f"{service}.{namespace}.svc", Usage.SERVER, webhook_dns, tuple(ips)),
         "controller": LeafSpec(CONTROLLER_CN, Usage.CLIENT),
     }
+
+
+def ensure(store: Store, specs: dict[str, LeafSpec], validity: Validity) -> Plan:
+    """Keep what is valid, renew what is not, create what is missing; log each decision."""
+    result = plan(store.load(CA), {name: store.load(name) for name in specs}, specs, validity,
+                  dt.datetime.now(dt.UTC))
+    store.save(result)
+    for d in result.decisions:
+        logger.info("%-10s %s%s", d.name, d.action, f" ({d.reason})" if d.reason else "")
+    return result
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,12 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"cfo-certs: {err}", file=sys.stderr)
         return 2
-    specs = leaf_specs(args.service, args.namespace, args.dns, args.ip)
-    result = plan(store.load(CA), {name: store.load(name) for name in specs}, specs, validity,
-                  dt.datetime.now(dt.UTC))
-    store.save(result)
-    for d in result.decisions:
-        logger.info("%-10s %s%s", d.name, d.action, f" ({d.reason})" if d.reason else "")
+    result = ensure(store, leaf_specs(args.service, args.namespace, args.dns, args.ip), validity)
     if args.print_ca_bundle:
         print(base64.b64encode(result.ca.cert_pem()).decode())
     return 0
