@@ -80,3 +80,13 @@ def test_cfo_certs_writes_secrets_keeps_them_and_prints_the_ca_bundle(cluster: C
     assert secret(cluster, "customer-friendly-ca")["metadata"]["resourceVersion"] == versions["customer-friendly-ca"]
     assert secret(cluster, "customer-friendly-webhook-tls")["metadata"]["resourceVersion"] != versions[
         "customer-friendly-webhook-tls"]
+
+
+def test_the_cert_manager_overlay_issues_both_leaves_and_injects_the_ca(cluster: ControlPlane) -> None:
+    rendered = cluster.kubectl("kustomize", str(ROOT / "manifests" / "overlays" / "cert-manager")).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    secrets = {d["spec"]["secretName"] for d in docs if d["kind"] == "Certificate"}
+    assert secrets == {"customer-friendly-ca", "customer-friendly-webhook-tls", "customer-friendly-controller-tls"}
+    hook = next(d for d in docs if d["kind"] == "MutatingWebhookConfiguration")
+    assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == \
+        "customer-friendly-system/customer-friendly-webhook"
