@@ -32,10 +32,22 @@ WEBHOOK_CONFIGURATION = "customer-friendly-operator"
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def fill_in(objects: list[dict[str, Any]], ca_pem: bytes, keep_policy: bool) -> list[dict[str, Any]]:
-    """The rendered manifests with the caBundle and the agents' CA filled in. Pure."""
+DEFAULT_REGISTRY = "ghcr.io/customer-friendly/"
+
+
+def _retag(image: str, registry: str | None) -> str:
+    return registry.rstrip("/") + "/" + image[len(DEFAULT_REGISTRY):] if registry and image.startswith(
+        DEFAULT_REGISTRY) else image
+
+
+def fill_in(objects: list[dict[str, Any]], ca_pem: bytes, keep_policy: bool,
+            registry: str | None = None) -> list[dict[str, Any]]:
+    """The rendered manifests with the caBundle, the agents' CA and the image registry filled in. Pure."""
     out = []
     for obj in objects:
+        if obj["kind"] == "Deployment":
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                container["image"] = _retag(container["image"], registry)
         if obj["kind"] == "MutatingWebhookConfiguration":
             for hook in obj["webhooks"]:
                 hook["clientConfig"]["caBundle"] = base64.b64encode(ca_pem).decode()
@@ -43,6 +55,7 @@ def fill_in(objects: list[dict[str, Any]], ca_pem: bytes, keep_policy: bool) -> 
             if keep_policy:
                 continue
             obj["data"]["agentClientCA"] = ca_pem.decode()
+            obj["data"]["agentImage"] = _retag(obj["data"]["agentImage"], registry)
         out.append(obj)
     return out
 
@@ -72,13 +85,13 @@ class Installer:
     def _policy_exists(self) -> bool:
         return self.kubectl("-n", INSTALL_NAMESPACE, "get", "configmap", POLICY_CONFIGMAP, check=False).returncode == 0
 
-    def install(self, upgrade: bool = False, dry_run: bool = False) -> list[str]:
+    def install(self, upgrade: bool = False, dry_run: bool = False, registry: str | None = None) -> list[str]:
         objects = self.render()
         namespace = next(o for o in objects if o["kind"] == "Namespace")
         self.kubectl("apply", "-f", "-", input=json.dumps(namespace))
         ca_pem = self.ensure_certificates()
         keep_policy = upgrade and self._policy_exists()
-        objects = order(fill_in(objects, ca_pem, keep_policy))
+        objects = order(fill_in(objects, ca_pem, keep_policy, registry))
         args = ["apply", "-f", "-"] + (["--dry-run=server"] if dry_run else [])
         applied = self.kubectl(*args, input=yaml.safe_dump_all(objects)).stdout.splitlines()
         if keep_policy:

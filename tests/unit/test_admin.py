@@ -72,3 +72,17 @@ def test_fill_in_sets_the_ca_bundle_and_the_agents_ca_and_order_puts_the_webhook
     assert base64.b64decode(filled[2]["webhooks"][0]["clientConfig"]["caBundle"]) == b"PEM"
     kept = fill_in(objects, b"PEM", keep_policy=True)
     assert "ConfigMap" not in [o["kind"] for o in kept]
+
+
+def test_a_registry_retags_our_images_and_nothing_else() -> None:
+    objects = [
+        {"kind": "Deployment", "metadata": {"name": "w"}, "spec": {"template": {"spec": {"containers": [
+            {"image": "ghcr.io/customer-friendly/webhook:0.1.0"}, {"image": "envoyproxy/envoy:v1"}]}}}},
+        {"kind": "ConfigMap", "metadata": {"name": "customer-friendly-policy"},
+         "data": {"agentImage": "ghcr.io/customer-friendly/agent:0.1.0"}},
+    ]
+    filled = fill_in(objects, b"PEM", keep_policy=False, registry="1234.dkr.ecr.eu-west-1.amazonaws.com/cfo/")
+    containers = filled[0]["spec"]["template"]["spec"]["containers"]
+    assert [c["image"] for c in containers] == ["1234.dkr.ecr.eu-west-1.amazonaws.com/cfo/webhook:0.1.0",
+                                                "envoyproxy/envoy:v1"]
+    assert filled[1]["data"]["agentImage"] == "1234.dkr.ecr.eu-west-1.amazonaws.com/cfo/agent:0.1.0"
