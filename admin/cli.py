@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", help="kubeconfig context")
     parser.add_argument("--kubectl", default="kubectl", help="kubectl binary (default: kubectl on PATH)")
     parser.add_argument("--dry-run", action="store_true", help="install/upgrade: server-side dry run of the apply")
-    parser.add_argument("--registry", help="install/upgrade: where your images are, e.g. "
-                        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/customer-friendly (default ghcr.io/customer-friendly)")
+    parser.add_argument("--registry", help="install/upgrade: where your images are, e.g. 123456789012.dkr.ecr."
+                        "eu-west-1.amazonaws.com/customer-friendly (default ghcr.io/customer-friendly)")
     parser.add_argument("--access-point-limit", type=int, default=1000,
                         help="EFS access points allowed per file system (default 1000)")
     args = parser.parse_args(argv)

@@ -55,7 +55,8 @@ def fill_in(objects: list[dict[str, Any]], ca_pem: bytes, keep_policy: bool,
             if keep_policy:
                 continue
             obj["data"]["agentClientCA"] = ca_pem.decode()
-            obj["data"]["agentImage"] = _retag(obj["data"]["agentImage"], registry)
+            if "agentImage" in obj["data"]:
+                obj["data"]["agentImage"] = _retag(obj["data"]["agentImage"], registry)
         out.append(obj)
     return out
 
