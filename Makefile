@@ -7,13 +7,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: help venv debian-packages k8s-binaries lint unit integration test cluster demo preflight install upgrade uninstall clean
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: bench bench-quick help venv debian-packages k8s-binaries lint unit integration test cluster demo preflight install upgrade uninstall clean
 
 help:
 	@echo "make demo         run the local demo on an embedded control plane"
 	@echo "make test         lint + unit + integration tests (real etcd, kube-apiserver, controller-manager)"
 	@echo "make cluster      start the same control plane and the webhook by hand; prints KUBECONFIG"
 	@echo "make k8s-binaries build/cache etcd, kube-apiserver, kube-controller-manager, kubectl"
+	@echo "make bench        benchmarks (make bench-quick: a smaller run)"
 	@echo "make preflight    check the current kubectl context (and AWS) before installing"
 	@echo "make install      install cluster-wide into the current kubectl context (upgrade, uninstall)"
 
@@ -49,6 +52,18 @@ cluster: venv debian-packages k8s-binaries
 
 demo: venv debian-packages k8s-binaries
 	$(PY) -m tests.harness.demo
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+# Benchmarks print tables with ratios and write JSON and PNG charts to bench/results/.
+bench: $(BENCH_STAMP) debian-packages k8s-binaries
+	$(PY) -m bench.release_strategies --runs 3
+	$(PY) -m bench.puma_shutdown_race --restarts 100
+
+bench-quick: $(BENCH_STAMP) debian-packages k8s-binaries
+	$(PY) -m bench.release_strategies --runs 1 --pre-stop 5 --pods 2 --rate 150
 
 # Cluster-wide install into the current kubectl context (KUBECONFIG / --context via CFO_ADMIN_ARGS).
 preflight: venv

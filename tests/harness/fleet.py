@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -114,18 +115,22 @@ class Kubelet:
 
 @dataclass
 class Nginx:
-    """Debian's nginx as the balancer: round robin, and POSTs are never retried upstream."""
+    """Debian's nginx as the balancer: round robin, and POSTs are never retried upstream.
+
+    `retry_connect_errors=False` also stops nginx from passing a request whose connection
+    was refused to the next upstream, as a balancer without retries (an ALB) behaves.
+    """
 
     workdir: Path
     port: int = 0
+    retry_connect_errors: bool = True
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, upstream_ports: list[int]) -> Nginx:
-        self.port = free_port()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        servers = "\n".join(f"    server 127.0.0.1:{p};" for p in upstream_ports)
+    def _write(self, upstream_ports: list[int]) -> Path:
+        servers = "\n".join(f"    server 127.0.0.1:{p};" for p in upstream_ports) or "    server 127.0.0.1:9 down;"
         temp = "\n".join(f"  {kind}_temp_path {self.workdir}/{kind};" for kind in
                          ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        retry = "" if self.retry_connect_errors else "    proxy_next_upstream off;\n"
         conf = self.workdir / "nginx.conf"
         conf.write_text(f"""user root;
 worker_processes 1;
@@ -141,10 +146,18 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{self.port};
-    location / {{ proxy_pass http://pumas; }}
+    location / {{
+      proxy_pass http://pumas;
+{retry}    }}
   }}
 }}
 """)
+        return conf
+
+    def start(self, upstream_ports: list[int]) -> Nginx:
+        self.port = self.port or free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self._write(upstream_ports)
         log = self.workdir / "nginx.out"
         with log.open("ab") as fh:
             self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(self.workdir)], stdout=fh,
@@ -160,6 +173,12 @@ http {{
                         f"nginx exited:\n{tail(log)}\n{tail(self.workdir / 'error.log')}") from None
                 time.sleep(0.1)
         raise ControlPlaneError("nginx did not start")
+
+    def reload(self, upstream_ports: list[int]) -> None:
+        """New upstreams by a graceful reload (SIGHUP), as an ingress controller does."""
+        self._write(upstream_ports)
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         terminate(self.proc, 5)

@@ -107,6 +107,14 @@ class Puma:
             time.sleep(0.2)
         raise ControlPlaneError(f"puma not ready after 30s:\n{tail(self.log)}")
 
+    def answers(self) -> bool:
+        """A readiness probe: does Puma answer HTTP on its port?"""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1):
+                return True
+        except (OSError, urllib.error.HTTPError):
+            return False
+
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.control_url}/stats?token={self.token}", timeout=2) as resp:
             return json.load(resp)
