@@ -13,21 +13,32 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter
 
 import contract as c
 
 logger = logging.getLogger(__name__)
+
+API_REQUESTS = Counter("cfo_controller_api_requests", "Requests the controller made to the Kubernetes API")
 
 
 class Kube:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.apps = client.AppsV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
-        self.calls = 0
+        self._calls = 0
+
+    def _count(self) -> None:
+        self._calls += 1
+        API_REQUESTS.inc()
+
+    @property
+    def calls(self) -> int:
         """API requests made, for the requests-per-pod figure."""
+        return self._calls
 
     def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.calls += 1
+        self._count()
         try:
             obj = self.apps.read_namespaced_deployment(name, namespace)
         except ApiException as err:
@@ -37,13 +48,13 @@ class Kube:
         return self.apps.api_client.sanitize_for_serialization(obj)
 
     def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
-        self.calls += 1
+        self._count()
         label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
         pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector)
         return self.core.api_client.sanitize_for_serialization(pods).get("items", [])
 
     def configmap_release(self, namespace: str, deployment: str) -> str | None:
-        self.calls += 1
+        self._count()
         try:
             cm = self.core.read_namespaced_config_map(c.release_configmap_name(deployment), namespace)
         except ApiException as err:
@@ -65,21 +76,21 @@ class Kube:
             },
             "data": {c.RELEASE_CONFIGMAP_KEY: release, "source": source},
         }
-        self.calls += 1
+        self._count()
         try:
             self.core.patch_namespaced_config_map(name, namespace, body)
         except ApiException as err:
             if err.status != 404:
                 raise
-            self.calls += 1
+            self._count()
             self.core.create_namespaced_config_map(namespace, body)
 
     def annotate_deployment(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
-        self.calls += 1
+        self._count()
         self.apps.patch_namespaced_deployment(name, namespace, {"metadata": {"annotations": annotations}})
 
     def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
-        self.calls += 1
+        self._count()
         try:
             self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
         except ApiException as err:
@@ -98,7 +109,7 @@ class Kube:
             source=client.V1EventSource(component="customer-friendly-controller"),
             reporting_component="customer-friendly.dev/controller", reporting_instance="controller",
         )
-        self.calls += 1
+        self._count()
         try:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as err:  # events are best effort; the rollout annotation is the record

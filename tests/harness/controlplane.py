@@ -273,6 +273,7 @@ class ControlPlane:
             "-cloud-node-lifecycle-controller,-service-lb-controller,-persistentvolume-attach-detach-controller,"
             "-persistentvolume-expander-controller",
             "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
+            "--kube-api-qps=100", "--kube-api-burst=200",
         ])
         # Ready when it has started controllers: it writes no health file, so watch its log.
         self._wait(kcm, lambda: "Started controller" in kcm.log.read_text(errors="replace")

@@ -1,0 +1,237 @@
+"""How the controller scales: time to Complete, peak memory and API requests per pod.
+
+    .venv/bin/python -m bench.controller_scale [--quick]
+
+On a real control plane (etcd, kube-apiserver, kube-controller-manager creating the pods),
+with the real controller process. The agents are STAND-INS: one small mutual-TLS server
+answering for every pod's loopback address (127.x.y.z) and pretending that a restart takes
+--restart-seconds. This measures the controller, not Puma (the other benchmarks do that).
+
+Scenarios: one Deployment of 200 pods at max-unavailable 25%; then D Deployments of 5 pods
+each released at once, for D = 10, 40, 200 (50, 200 and 1000 pods): the growth curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from tests.harness.controlplane import ROOT, ControlPlane, free_port, terminate
+from tests.harness.webhook import ensure_certs
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SOURCE = "file:///releases/{release}.tar.gz"
+
+
+class StandInAgents:
+    """Answers /v1/status and /v1/release for any pod IP, keyed by the address dialled."""
+
+    def __init__(self, certs: Path, port: int, restart_seconds: float) -> None:
+        self.state: dict[str, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        agents = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def _send(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _pod(self) -> dict[str, Any]:
+                ip = self.connection.getsockname()[0]
+                with agents.lock:
+                    return agents.state.setdefault(ip, {"state": "idle", "target": None, "release": "v1"})
+
+            def do_GET(self) -> None:
+                self._send(200, dict(self._pod()))
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                pod = self._pod()
+                with agents.lock:
+                    if pod["release"] == body["release"] and pod["state"] in ("idle", "done"):
+                        self._send(200, dict(pod))
+                        return
+                    pod.update(state="restarting", target=body["release"])
+
+                def finish() -> None:
+                    with agents.lock:
+                        pod.update(state="done", release=body["release"])
+
+                threading.Timer(restart_seconds, finish).start()
+                self._send(202, dict(pod))
+
+        self.server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+        self.server.daemon_threads = True
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certs / "webhook.crt", certs / "webhook.key")
+        context.load_verify_locations(certs / "ca.crt")
+        context.verify_mode = ssl.CERT_REQUIRED
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def ip_for(index: int) -> str:
+    return f"127.{1 + index // 62500}.{(index // 250) % 250 + 1}.{index % 250 + 1}"
+
+
+class Bench:
+    def __init__(self, work: Path, restart_seconds: float) -> None:
+        self.work = work
+        self.cluster = ControlPlane(work / "cluster").start()
+        self.api = config.new_client_from_config(config_file=str(self.cluster.kubeconfig))
+        self.apps, self.core = client.AppsV1Api(self.api), client.CoreV1Api(self.api)
+        self.certs = work / "certs"
+        ensure_certs(self.certs)
+        self.agent_port = free_port()
+        self.agents = StandInAgents(self.certs, self.agent_port, restart_seconds)
+        self.metrics_port = free_port()
+        self.controller: subprocess.Popen[bytes] | None = None
+        self.next_ip = 0
+
+    def start_controller(self) -> None:
+        log = (self.work / "controller.log").open("ab")
+        self.controller = subprocess.Popen(
+            [sys.executable, "-m", "controller", "--kubeconfig", str(self.cluster.kubeconfig),
+             "--cert", str(self.certs / "controller.crt"), "--key", str(self.certs / "controller.key"),
+             "--metrics-port", str(self.metrics_port), "--metrics-bind", "127.0.0.1", "--no-leader-election",
+             "--agent-port", str(self.agent_port), "--log-level", "warning"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    def peak_rss_mib(self) -> float:
+        assert self.controller is not None
+        status = Path(f"/proc/{self.controller.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+    def create(self, namespace: str, count: int, replicas: int, max_unavailable: str) -> list[str]:
+        self.core.create_namespace({"metadata": {"name": namespace}})
+        names = [f"app-{i}" for i in range(count)]
+        for name in names:
+            self.apps.create_namespaced_deployment(namespace, {
+                "metadata": {"name": name, "annotations": {
+                    "customer-friendly.dev/enabled": "true", "customer-friendly.dev/release": "v1",
+                    "customer-friendly.dev/source": SOURCE, "customer-friendly.dev/max-unavailable": max_unavailable,
+                    "customer-friendly.dev/canary": "1"}},
+                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "puma", "image": "acme/web"}]}}}})
+        want = count * replicas
+        deadline = time.monotonic() + 600
+        pods: list[Any] = []
+        while time.monotonic() < deadline:
+            pods = self.core.list_namespaced_pod(namespace).items
+            if len(pods) >= want:
+                break
+            time.sleep(1)
+        # Play the kubelet: every pod Running and Ready on its own loopback address.
+        def ready(pod: Any) -> None:
+            ip = ip_for(self.next_ip_take())
+            self.core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
+                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": "True"}]}})
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(ready, pods))
+        return names
+
+    _ip_lock = threading.Lock()
+
+    def next_ip_take(self) -> int:
+        with self._ip_lock:
+            self.next_ip += 1
+            return self.next_ip
+
+    def rollout(self, namespace: str, name: str) -> dict[str, Any]:
+        deployment = self.apps.read_namespaced_deployment(name, namespace)
+        return json.loads((deployment.metadata.annotations or {}).get("customer-friendly.dev/rollout") or "{}")
+
+    def wait_complete(self, namespace: str, names: list[str], release: str, replicas: int) -> None:
+        pending = set(names)
+        while pending:
+            for name in list(pending):
+                r = self.rollout(namespace, name)
+                if r.get("release") == release and r.get("phase") == "Complete" and r.get("updated") == replicas:
+                    pending.discard(name)
+            time.sleep(0.5)
+
+    def scenario(self, label: str, count: int, replicas: int, max_unavailable: str) -> dict[str, Any]:
+        namespace = f"s-{count}x{replicas}"
+        names = self.create(namespace, count, replicas, max_unavailable)
+        self.wait_complete(namespace, names, "v1", replicas)
+        calls_before = self.metric("cfo_controller_api_requests_total")
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda n: self.apps.patch_namespaced_deployment(
+                n, namespace, {"metadata": {"annotations": {"customer-friendly.dev/release": "v2"}}}), names))
+        self.wait_complete(namespace, names, "v2", replicas)
+        elapsed = time.monotonic() - started
+        pods = count * replicas
+        calls = self.metric("cfo_controller_api_requests_total") - calls_before
+        row = {"scenario": label, "deployments": count, "pods": pods, "seconds": elapsed,
+               "pods_per_second": pods / elapsed, "api_requests_per_pod": calls / pods,
+               "controller_peak_rss_mib": self.peak_rss_mib()}
+        print(f"{label:38} {pods:>5} pods {elapsed:>7.1f} s {pods / elapsed:>7.1f} pods/s "
+              f"{calls / pods:>6.1f} API req/pod {row['controller_peak_rss_mib']:>7.1f} MiB peak RSS", flush=True)
+        return row
+
+    def stop(self) -> None:
+        terminate(self.controller, 10)
+        self.agents.stop()
+        self.cluster.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="50-pod scenarios only")
+    parser.add_argument("--restart-seconds", type=float, default=0.3, help="stand-in agents' restart time")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cfo-bench-scale-") as tmp:
+        bench = Bench(Path(tmp), args.restart_seconds)
+        try:
+            bench.start_controller()
+            big = 50 if args.quick else 200
+            rows.append(bench.scenario(f"1 Deployment x {big} pods, 25%", 1, big, "25%"))
+            for count in ((10,) if args.quick else (10, 40, 200)):
+                rows.append(bench.scenario(f"{count} Deployments x 5 pods at once", count, 5, "50%"))
+        finally:
+            bench.stop()
+    (RESULTS / "controller_scale.json").write_text(json.dumps(rows, indent=2))
+    print(f"\nagents are stand-ins (restart {args.restart_seconds}s each); wrote {RESULTS / 'controller_scale.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
