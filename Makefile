@@ -64,6 +64,7 @@ bench: $(BENCH_STAMP) debian-packages k8s-binaries
 	$(PY) -m bench.controller_scale
 	$(PY) -m bench.puma_shutdown_race --restarts 100
 
+bench-quick: export CFO_BENCH_RESULTS = bench/results/quick
 bench-quick: $(BENCH_STAMP) debian-packages k8s-binaries
 	$(PY) -m bench.release_strategies --runs 1 --pre-stop 5 --pods 2 --rate 150
 	$(PY) -m bench.webhook --seconds 2 --requests 50

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import ssl
 import subprocess
@@ -33,7 +34,7 @@ from kubernetes import client, config
 from tests.harness.controlplane import ROOT, ControlPlane, free_port, terminate
 from tests.harness.webhook import ensure_certs
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("CFO_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 SOURCE = "file:///releases/{release}.tar.gz"
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -44,7 +45,7 @@ from tests.harness.load import Load, Sample
 from tests.harness.puma_app import Puma, publish, release_archive
 from tests.harness.webhook import WebhookServer, ensure_certs, register
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("CFO_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 PUMA_CONFIG = ("queue_requests false",)
 
 

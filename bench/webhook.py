@@ -18,6 +18,7 @@ import argparse
 import copy
 import http.client
 import json
+import os
 import ssl
 import statistics
 import subprocess
@@ -36,7 +37,7 @@ from tests.harness.webhook import WebhookServer, register
 from webhook.policy import Policy
 from webhook.review import admit
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("CFO_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 DEPLOYMENT = json.loads((ROOT / "tests" / "fixtures" / "deployment.json").read_text())
 REVIEW = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
     "uid": "0b7c2e9e-bench", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
