@@ -217,7 +217,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="50-pod scenarios only")
     parser.add_argument("--restart-seconds", type=float, default=0.3, help="stand-in agents' restart time")
     args = parser.parse_args()
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cfo-bench-scale-") as tmp:
         bench = Bench(Path(tmp), args.restart_seconds)

@@ -360,7 +360,7 @@ def main() -> int:
                         help="from a new pod's start to the kubelet reporting it (native strategies)")
     parser.add_argument("--baseline", type=float, default=3.0, help="seconds of load before each release")
     args = parser.parse_args()
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cfo-bench-art-") as art:
         artifacts = Path(art)
         for release in ("v1", "v2"):

@@ -177,7 +177,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="load per server setting")
     parser.add_argument("--requests", type=int, default=200, help="dry-run creates per kind")
     args = parser.parse_args()
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     rows = direct(args.seconds)
     print("1. reviews straight to the webhook (TLS, keep-alive, 4 client connections)")
     print(f"{'threads':>7} {'bare rps':>9} {'ours rps':>9} {'ratio':>6} {'bare p50':>9} {'ours p50':>9} "
