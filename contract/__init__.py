@@ -26,6 +26,9 @@ CANARY = PREFIX + "canary"
 VOLUME = PREFIX + "volume"
 STORAGE_CLASS = PREFIX + "storage-class"
 PAUSED = PREFIX + "paused"
+MIGRATE = PREFIX + "migrate"
+"""A command run once per release, as a Job on the new release, before any pod is touched."""
+MIGRATE_TIMEOUT = PREFIX + "migrate-timeout"
 RETRY = PREFIX + "retry"
 """Any new value restarts a release that failed (the release id alone cannot change)."""
 
@@ -35,6 +38,7 @@ ROLLOUT = PREFIX + "rollout"
 USER_ANNOTATIONS = (
     ENABLED, RELEASE, SOURCE, CONTAINER, CODE_PATH, RESTART, PRE_STOP_SECONDS,
     MAX_REQUEST_SECONDS, MAX_UNAVAILABLE, CANARY, VOLUME, STORAGE_CLASS, PAUSED, RETRY,
+    MIGRATE, MIGRATE_TIMEOUT,
 )
 KNOWN_ANNOTATIONS = frozenset((*USER_ANNOTATIONS, ROLLOUT))
 
@@ -64,6 +68,15 @@ RELEASE_CONFIGMAP_KEY = "release"
 INJECTED = PREFIX + "injected"
 
 _MAX_NAME = 253
+
+
+def migration_job_name(deployment_name: str, release: str) -> str:
+    """One Job per Deployment and release: finding it again is how a restart never migrates twice."""
+    name = f"{deployment_name}-migrate-{release}".lower().replace("_", "-").replace(".", "-")
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(f"{deployment_name}/{release}".encode()).hexdigest()[:10]
+    return f"{name[:63 - len(digest) - 1].rstrip('-')}-{digest}"
 
 
 def release_configmap_name(deployment_name: str) -> str:

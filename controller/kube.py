@@ -26,6 +26,7 @@ class Kube:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.apps = client.AppsV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
         self._calls = 0
 
     def _count(self) -> None:
@@ -84,6 +85,35 @@ class Kube:
                 raise
             self._count()
             self.core.create_namespaced_config_map(namespace, body)
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._count()
+        try:
+            return self.batch.api_client.sanitize_for_serialization(self.batch.read_namespaced_job(name, namespace))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def create_job(self, body: dict[str, Any]) -> None:
+        self._count()
+        try:
+            self.batch.create_namespaced_job(body["metadata"]["namespace"], body)
+        except ApiException as err:
+            if err.status != 409:  # created by a previous attempt: that one counts
+                raise
+
+    def job_log_tail(self, namespace: str, job_name: str, lines: int = 15) -> str | None:
+        """The end of the migration's output, when a kubelet has it; None otherwise."""
+        try:
+            self._count()
+            pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}").items
+            if not pods:
+                return None
+            self._count()
+            return self.core.read_namespaced_pod_log(pods[0].metadata.name, namespace, tail_lines=lines) or None
+        except ApiException:
+            return None
 
     def annotate_deployment(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
         self._count()

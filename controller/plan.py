@@ -31,6 +31,15 @@ class AgentView:
 
 
 @dataclass(frozen=True)
+class MigrationView:
+    """The migration Job of the release being rolled out, as last seen."""
+
+    state: str
+    """running, succeeded or failed"""
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class PodState:
     name: str
     ready: bool
@@ -55,6 +64,7 @@ class Rollout:
     batchStartedAt: float | None = None
     batchNumber: int = 0
     rollingBack: bool = False
+    migrated: bool = False
     failedPod: str | None = None
     reason: str | None = None
     retry: str | None = None
@@ -92,6 +102,8 @@ class Spec:
     auto_rollback: bool = True
     retry: str | None = None
     batch_deadline_seconds: float = 300.0
+    migrate: str | None = None
+    """The migration command; None when the Deployment has none."""
 
 
 @dataclass
@@ -112,6 +124,8 @@ class Actions:
     """The new annotation; written before any agent is asked."""
     ask: dict[str, str] = field(default_factory=dict)
     """pod name -> release its agent must go to"""
+    run_migration: str | None = None
+    """Create the migration Job for this release (the shell finds it again by name)."""
     events: list[Event] = field(default_factory=list)
     requeue_seconds: float | None = None
 
@@ -126,10 +140,20 @@ def batch_size(spec: Spec, first: bool) -> int:
     return max(1, int(text))
 
 
+def migration_pending(spec: Spec, rollout: Rollout) -> bool:
+    """The rollout of a release with a migration waits for it; a first release cannot (its pods
+    already start from the Deployment itself), and a rollback never migrates."""
+    return bool(spec.migrate) and rollout.release == spec.release and rollout.previous is not None \
+        and not rollout.migrated and not rollout.rollingBack
+
+
 def configmap_target(spec: Spec, rollout: Rollout) -> str | None:
-    """The release new pods must start on: never one that failed and was abandoned."""
+    """The release new pods must start on: never one that failed and was abandoned, nor one
+    whose migration has not succeeded yet."""
     abandoned = rollout.release == spec.release and (rollout.rollingBack or rollout.phase in (FAILED, ROLLED_BACK))
-    return rollout.previous if abandoned and rollout.previous else spec.release
+    if (abandoned or migration_pending(spec, rollout)) and rollout.previous:
+        return rollout.previous
+    return spec.release
 
 
 def _start(spec: Spec, previous: str | None, now: float) -> Rollout:
@@ -138,7 +162,7 @@ def _start(spec: Spec, previous: str | None, now: float) -> Rollout:
 
 
 def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pods: list[PodState],
-         now: float) -> Actions:
+         now: float, migration: MigrationView | None = None) -> Actions:
     actions = Actions()
     by_name = {p.name: p for p in pods}
 
@@ -207,7 +231,9 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
             actions.requeue_seconds = 0.0
             return actions
 
-    # 2. Between batches.
+    # 2. Between batches. A release with a migration first waits for its Job.
+    if rollout.phase not in (FAILED, ROLLED_BACK) and migration_pending(spec, rollout):
+        return _migrate(spec, rollout, migration, actions)
     if rollout.rollingBack:
         back = [p for p in pods if p.ready and serving(p) != rollout.previous]
         if not back:
@@ -239,6 +265,27 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
     first = updated == 0 and rollout.batchNumber == 0
     rollout = replace(rollout, phase=PROGRESSING, updated=updated, total=len(pods))
     return _ask_batch(rollout, pending, batch_size(spec, first), spec.release, actions, now)
+
+
+def _migrate(spec: Spec, rollout: Rollout, migration: MigrationView | None, actions: Actions) -> Actions:
+    if migration is None:
+        actions.run_migration = spec.release
+        actions.rollout = replace(rollout, message=f"migrating: {spec.migrate}")
+        actions.events.append(Event("MigrationStarted", f"running `{spec.migrate}` on {spec.release} as a Job"))
+        actions.requeue_seconds = 1.0
+    elif migration.state == "succeeded":
+        actions.rollout = replace(rollout, migrated=True, message="migration succeeded")
+        actions.events.append(Event("MigrationSucceeded", f"`{spec.migrate}` succeeded on {spec.release}"))
+        actions.requeue_seconds = 0.0
+    elif migration.state == "failed":
+        reason = f"migration failed: {migration.message}"
+        actions.rollout = replace(rollout, phase=FAILED, reason=reason, message=f"{reason}; no pod was touched")
+        actions.events.append(Event("MigrationFailed", f"release {spec.release}: {reason}", warning=True))
+        if rollout.previous:
+            actions.configmap_release = rollout.previous
+    else:
+        actions.requeue_seconds = 1.0
+    return actions
 
 
 def want_of(rollout: Rollout) -> str:

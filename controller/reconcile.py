@@ -16,7 +16,8 @@ from prometheus_client import Counter, Histogram
 import contract as c
 from controller.agents import AgentClient, AgentError
 from controller.kube import Kube
-from controller.plan import COMPLETE, FAILED, ROLLED_BACK, AgentView, PodState, Rollout, Spec, plan
+from controller.migration import job_for, job_state
+from controller.plan import COMPLETE, FAILED, ROLLED_BACK, AgentView, MigrationView, PodState, Rollout, Spec, plan
 from webhook.config import PolicySource
 from webhook.settings import Refusal, opted_in, resolve
 
@@ -85,6 +86,7 @@ class Reconciler:
             replicas=int(deployment["spec"].get("replicas") or 1), max_unavailable=settings.max_unavailable,
             canary=settings.canary, paused=settings.paused, auto_rollback=policy.autoRollback,
             retry=annotations.get(c.RETRY), batch_deadline_seconds=self.settings.batch_deadline_seconds,
+            migrate=settings.migrate,
         )
         rollout = Rollout.from_annotation(annotations.get(c.ROLLOUT))
         selector = (deployment["spec"].get("selector") or {}).get("matchLabels") or {}
@@ -98,8 +100,22 @@ class Reconciler:
             if ready and (pod_name in in_batch or serving is None):
                 view = self._status(pod, log)
             states.append(PodState(pod_name, ready, serving, view))
-        actions = plan(spec, rollout, self.kube.configmap_release(namespace, name), states, time.time())
+        job_name = c.migration_job_name(name, spec.release + (f"-{spec.retry}" if spec.retry else ""))
+        migration = None
+        if spec.migrate and rollout is not None and rollout.release == spec.release and not rollout.migrated:
+            state = job_state(self.kube.job(namespace, job_name))
+            if state is not None:
+                message = state[1]
+                if state[0] == "failed":
+                    tail = self.kube.job_log_tail(namespace, job_name)
+                    message += f"; job {job_name}" + (f"; its output ends: {tail.strip()[-800:]}" if tail
+                                                       else " (no log could be read)")
+                migration = MigrationView(state[0], message)
+        actions = plan(spec, rollout, self.kube.configmap_release(namespace, name), states, time.time(), migration)
 
+        if actions.run_migration:
+            self.kube.create_job(job_for(deployment, actions.run_migration, spec.source, spec.migrate or "",
+                                         settings.container, settings.code_path, settings.migrate_timeout, job_name))
         if actions.configmap_release:
             self.kube.write_configmap(namespace, deployment, actions.configmap_release, spec.source)
         for pod_name, release in actions.mark.items():

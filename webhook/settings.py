@@ -37,6 +37,8 @@ class Settings:
     volume: str
     storage_class: str
     paused: bool
+    migrate: str | None = None
+    migrate_timeout: int = 600
 
 
 def _refuse(annotation: str, value: str, accepts: str) -> Refusal:
@@ -123,6 +125,9 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
     if not DNS_SUBDOMAIN.match(storage_class):
         raise _refuse(c.STORAGE_CLASS, storage_class, "a StorageClass name (lower-case DNS subdomain)")
 
+    migrate = annotations.get(c.MIGRATE)
+    if migrate is not None and not migrate.strip():
+        raise _refuse(c.MIGRATE, migrate, "a shell command such as 'bin/rails db:migrate'")
     return Settings(
         release=release,
         source=source,
@@ -138,6 +143,8 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
         volume=volume,
         storage_class=storage_class,
         paused=_bool(annotations, c.PAUSED),
+        migrate=migrate,
+        migrate_timeout=_seconds(annotations, c.MIGRATE_TIMEOUT, 600, 1, 86400),
     )
 
 

@@ -101,6 +101,8 @@ def test_install_applies_everything_and_grants_only_what_is_needed(plane: Contro
     assert can_i(plane, controller, "patch", "pods", "-n", "shop")
     assert can_i(plane, controller, "create", "configmaps", "-n", "shop")
     assert can_i(plane, controller, "update", "leases/customer-friendly-controller", "-n", NS)
+    assert can_i(plane, controller, "create", "jobs", "-n", "shop")
+    assert not can_i(plane, controller, "delete", "jobs", "-n", "shop")
     assert not can_i(plane, controller, "create", "pods/exec", "-n", "shop")
     assert not can_i(plane, controller, "get", "secrets", "-n", "shop")
     assert not can_i(plane, controller, "get", "secrets", "-n", NS)

@@ -14,6 +14,7 @@ from controller.plan import (
     PROGRESSING,
     ROLLED_BACK,
     AgentView,
+    MigrationView,
     PodState,
     Rollout,
     Spec,
@@ -204,3 +205,35 @@ def test_the_rollout_annotation_round_trips() -> None:
     rollout = Rollout("v2", "v1", PROGRESSING, 1, 3, "batch 1", ("web-0",), "v2", NOW, 1)
     assert Rollout.from_annotation(rollout.to_annotation()) == rollout
     assert Rollout.from_annotation("not json") is None and Rollout.from_annotation(None) is None
+
+
+def test_a_migration_runs_before_any_pod_is_touched_and_the_configmap_waits_for_it() -> None:
+    spec = Spec("v2", "s", replicas=3, migrate="bin/rails db:migrate")
+    world = World(spec, pods(3))
+    actions = plan(spec, None, "v1", list(world.pods.values()), NOW)
+    assert actions.run_migration == "v2" and actions.ask == {}
+    assert actions.configmap_release is None  # new pods stay on v1 until the schema is there
+    running = plan(spec, actions.rollout, "v1", list(world.pods.values()), NOW + 1, MigrationView("running"))
+    assert running.run_migration is None and running.ask == {} and running.requeue_seconds == 1.0
+    done = plan(spec, actions.rollout, "v1", list(world.pods.values()), NOW + 2, MigrationView("succeeded"))
+    assert done.rollout.migrated and "MigrationSucceeded" in [e.reason for e in done.events]
+    after = plan(spec, done.rollout, "v1", list(world.pods.values()), NOW + 3, MigrationView("succeeded"))
+    assert after.configmap_release == "v2" and after.ask == {"web-0": "v2"}
+
+
+def test_a_failed_migration_fails_the_release_without_touching_a_pod() -> None:
+    spec = Spec("v2", "s", replicas=3, migrate="bin/rails db:migrate")
+    world = World(spec, pods(3))
+    started = plan(spec, None, "v1", list(world.pods.values()), NOW)
+    failed = plan(spec, started.rollout, "v1", list(world.pods.values()), NOW + 1,
+                  MigrationView("failed", "PG::UndefinedTable"))
+    assert failed.rollout.phase == FAILED and "PG::UndefinedTable" in failed.rollout.reason
+    assert failed.ask == {} and failed.rollout.updated == 0
+    later = plan(spec, failed.rollout, "v1", list(world.pods.values()), NOW + 2, MigrationView("failed", "x"))
+    assert later.ask == {} and later.run_migration is None
+
+
+def test_a_first_release_has_nothing_to_wait_for() -> None:
+    spec = Spec("v1", "s", replicas=2, migrate="bin/rails db:migrate")
+    actions = plan(spec, None, None, pods(2, serving="v1"), NOW)
+    assert actions.run_migration is None and actions.rollout.phase == COMPLETE
