@@ -27,6 +27,8 @@ SETTINGS: list[tuple[str, str, str | None, str]] = [
     ("CFO_PUMA_PIDFILE", "--puma-pidfile", None, "Puma's pidfile (default: find the master by its title)"),
     ("CFO_PUMA_CONTROL_URL", "--puma-control-url", None, "Puma control app URL, to watch restarts via /stats"),
     ("CFO_PUMA_CONTROL_TOKEN", "--puma-control-token", None, "control app token"),
+    ("CFO_PROCESS_PIDFILE", "--process-pidfile", None, "drain/signal restarts: the worker's pidfile "
+     "(default: find it by the requested title pattern)"),
     ("CFO_PUMA_CONFIG", "--puma-config", None, "Puma config to check for preload_app! "
      "(default: <code>/current/config/puma.rb)"),
     ("CFO_RESTART_DEADLINE_SECONDS", "--restart-deadline", "120", "a restart not done by then has failed"),
@@ -57,6 +59,7 @@ class AgentConfig:
     puma_control_token: str | None
     puma_config: Path
     restart_deadline: float
+    process_pidfile: Path | None = None
 
     @classmethod
     def resolve(cls, args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -88,4 +91,5 @@ class AgentConfig:
             puma_control_token=values["CFO_PUMA_CONTROL_TOKEN"],
             puma_config=path("CFO_PUMA_CONFIG") or code / "current" / "config" / "puma.rb",
             restart_deadline=float(values["CFO_RESTART_DEADLINE_SECONDS"]),
+            process_pidfile=path("CFO_PROCESS_PIDFILE"),
         )

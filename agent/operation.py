@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agent import puma
+from agent import puma, worker
 from agent.archive import Limits
 from agent.config import AgentConfig
 from agent.release import Layout, ReleaseError, current_release, install, previous_release, prune, switch
@@ -46,6 +46,10 @@ class Request:
     restart: str = "phased"
     allow_hot: bool = False
     deadline_seconds: float | None = None
+    process: str | None = None
+    """drain and signal: a pattern for the process title (default: the Puma master)."""
+    quiet_signal: str = "TSTP"
+    drain_seconds: float = 30.0
 
 
 class Agent:
@@ -97,15 +101,16 @@ class Agent:
         self._thread.start()
         return True
 
-    def rollback(self, restart: str = "phased", allow_hot: bool = False) -> str:
+    def rollback(self, options: dict[str, Any] | None = None) -> str:
+        """Back to the previous release, with the restart settings of a /v1/release request."""
         previous = previous_release(self.layout)
         if previous is None:
             raise ReleaseError("nothing to roll back to: no previous release on this pod")
+        request = Request(previous, "", **(options or {}))
         with self._lock:
             if self._status.state in (FETCHING, RESTARTING):
                 raise Busy(f"busy: {self._status.state} release {self._status.target}")
-            self._status = Status(state=RESTARTING, target=previous, restart=restart, started_at=time.time())
-        request = Request(previous, source="", restart=restart, allow_hot=allow_hot)
+            self._status = Status(state=RESTARTING, target=previous, restart=request.restart, started_at=time.time())
         self._thread = threading.Thread(target=self._run, args=(request, True), name="cfo-rollback", daemon=True)
         self._thread.start()
         return previous
@@ -126,11 +131,16 @@ class Agent:
             if not rollback:
                 install(self.layout, request.release, request.source, require_sha256=self.config.require_sha256,
                         limits=self.limits)
-            view = puma.locate(self.config.puma_pidfile)
-            mode = self._restart_mode(view, request)
-            self._update(state=RESTARTING, restart=mode)
-            switch(self.layout, request.release)
-            self._restart(view, mode, request.deadline_seconds or self.config.restart_deadline)
+            deadline = request.deadline_seconds or self.config.restart_deadline
+            if request.restart in ("phased", "hot"):
+                view = puma.locate(self.config.puma_pidfile)
+                mode = self._restart_mode(view, request)
+                self._update(state=RESTARTING, restart=mode)
+                switch(self.layout, request.release)
+                self._restart(view, mode, deadline)
+            else:
+                mode = request.restart
+                self._restart_process(request, deadline)
             removed = prune(self.layout, self.config.keep_releases)
             if removed:
                 logger.info("pruned releases %s", ", ".join(removed))
@@ -142,6 +152,21 @@ class Agent:
         except Exception as err:  # never leave the state machine stuck in a running state
             logger.exception("release %s failed unexpectedly", request.release)
             self._update(state=FAILED, error=f"internal error: {err}", finished_at=time.time())
+
+    def _restart_process(self, request: Request, deadline: float) -> None:
+        """drain or signal:<NAME>: the process is found before `current` moves, or nothing moves."""
+        target = worker.Target(request.process, self.config.process_pidfile)
+        worker.locate(target, puma.read_processes)
+        self._update(state=RESTARTING, restart=request.restart)
+        switch(self.layout, request.release)
+
+        def progress(text: str) -> None:
+            self._update(note=text)
+
+        if request.restart == "drain":
+            worker.drain(target, request.quiet_signal, request.drain_seconds, deadline, progress)
+        else:
+            worker.send_signal(target, request.restart.split(":", 1)[1], progress)
 
     def _restart_mode(self, view: puma.PumaView, request: Request) -> str:
         if request.restart != "phased":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import socket
 import ssl
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,7 +24,7 @@ from agent.config import AgentConfig
 from agent.operation import Agent, Busy, Request
 from agent.release import ReleaseError
 from certs.pki import LeafSpec, Usage, create_ca, issue
-from contract import RESTART_MODES, SOURCE_SCHEMES, is_release_id
+from contract import RESTART_ACCEPTS, SIGNAL_NAMES, SOURCE_SCHEMES, is_release_id, is_restart_mode
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,30 @@ def tls_context(config: AgentConfig) -> ssl.SSLContext:
     return context
 
 
+def parse_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The restart settings shared by /v1/release and /v1/rollback; ValueError names the field."""
+    restart = body.get("restart", "phased")
+    if not isinstance(restart, str) or not is_restart_mode(restart):
+        raise ValueError(f"restart must be {RESTART_ACCEPTS}")
+    deadline = body.get("deadlineSeconds")
+    if deadline is not None and (not isinstance(deadline, int | float) or not 1 <= deadline <= 3600):
+        raise ValueError("deadlineSeconds must be a number from 1 to 3600")
+    process = body.get("process")
+    if process is not None:
+        try:
+            re.compile(process)
+        except (re.error, TypeError) as err:
+            raise ValueError(f"process must be a regular expression for the process title ({err})") from err
+    quiet = body.get("quietSignal", "TSTP")
+    if quiet not in SIGNAL_NAMES:
+        raise ValueError("quietSignal must be one of " + ", ".join(SIGNAL_NAMES))
+    drain = body.get("drainSeconds", 30)
+    if not isinstance(drain, int | float) or not 0 <= drain <= 3600:
+        raise ValueError("drainSeconds must be a number from 0 to 3600")
+    return {"restart": restart, "allow_hot": bool(body.get("allowHot", False)), "deadline_seconds": deadline,
+            "process": process, "quiet_signal": quiet, "drain_seconds": drain}
+
+
 def parse_release_request(body: dict[str, Any]) -> Request:
     """Validate a /v1/release body; ValueError names the field and what it accepts."""
     release, source = body.get("release"), body.get("source")
@@ -69,13 +94,7 @@ def parse_release_request(body: dict[str, Any]) -> Request:
         raise ValueError("release must be a release id matching ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
     if not isinstance(source, str) or not source.startswith(SOURCE_SCHEMES) or "{release}" not in source:
         raise ValueError("source must be an s3://, https:// or file:// URI template containing {release}")
-    restart = body.get("restart", "phased")
-    if restart not in RESTART_MODES:
-        raise ValueError("restart must be phased or hot")
-    deadline = body.get("deadlineSeconds")
-    if deadline is not None and (not isinstance(deadline, int | float) or not 1 <= deadline <= 3600):
-        raise ValueError("deadlineSeconds must be a number from 1 to 3600")
-    return Request(release, source, restart, bool(body.get("allowHot", False)), deadline)
+    return Request(release, source, **parse_options(body))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -136,10 +155,7 @@ class Handler(BaseHTTPRequestHandler):
                 started = self.agent.start(parse_release_request(body))
                 self._send(202 if started else 200, self.agent.status())
             else:
-                restart = body.get("restart", "phased")
-                if restart not in RESTART_MODES:
-                    raise ValueError("restart must be phased or hot")
-                self.agent.rollback(restart, bool(body.get("allowHot", False)))
+                self.agent.rollback(parse_options(body))
                 self._send(202, self.agent.status())
         except Busy as err:
             self._send(409, {"error": str(err)})

@@ -30,6 +30,10 @@ MIGRATE = PREFIX + "migrate"
 """A command run once per release, as a Job on the new release, before any pod is touched."""
 MIGRATE_TIMEOUT = PREFIX + "migrate-timeout"
 RETRY = PREFIX + "retry"
+PROCESS = PREFIX + "process"
+"""For drain and signal: a regular expression matched against the process title (default: Puma)."""
+QUIET_SIGNAL = PREFIX + "quiet-signal"
+DRAIN_SECONDS = PREFIX + "drain-seconds"
 """Any new value restarts a release that failed (the release id alone cannot change)."""
 
 # Written by the controller.
@@ -38,7 +42,7 @@ ROLLOUT = PREFIX + "rollout"
 USER_ANNOTATIONS = (
     ENABLED, RELEASE, SOURCE, CONTAINER, CODE_PATH, RESTART, PRE_STOP_SECONDS,
     MAX_REQUEST_SECONDS, MAX_UNAVAILABLE, CANARY, VOLUME, STORAGE_CLASS, PAUSED, RETRY,
-    MIGRATE, MIGRATE_TIMEOUT,
+    MIGRATE, MIGRATE_TIMEOUT, PROCESS, QUIET_SIGNAL, DRAIN_SECONDS,
 )
 KNOWN_ANNOTATIONS = frozenset((*USER_ANNOTATIONS, ROLLOUT))
 
@@ -53,7 +57,21 @@ def is_release_id(value: str) -> bool:
 RELEASE_PLACEHOLDER = "{release}"
 SOURCE_SCHEMES = ("s3://", "https://", "file://")
 
-RESTART_MODES = ("phased", "hot")
+RESTART_MODES = ("phased", "hot", "drain")
+"""phased: Puma SIGUSR1. hot: Puma SIGUSR2. drain: a worker (Sidekiq, cron) is quieted, then
+TERMed, and the kubelet restarts its container on the new code. Also `signal:<NAME>`."""
+SIGNAL_PREFIX = "signal:"
+SIGNAL_NAMES = ("HUP", "USR1", "USR2", "TTIN", "TTOU", "WINCH", "QUIT", "INT", "TERM", "TSTP", "CONT")
+
+
+def is_restart_mode(value: str) -> bool:
+    """phased, hot, drain, or signal:<NAME> for a server that reloads on a signal (gunicorn: HUP)."""
+    if value.startswith(SIGNAL_PREFIX):
+        return value[len(SIGNAL_PREFIX):] in SIGNAL_NAMES
+    return value in RESTART_MODES
+
+
+RESTART_ACCEPTS = "phased (SIGUSR1, Puma cluster mode), hot (SIGUSR2), drain (quiet, then TERM) or signal:<NAME>"
 VOLUME_KINDS = ("efs", "emptyDir")
 
 # Names of what the webhook injects. They double as the markers that make the mutation

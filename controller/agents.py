@@ -59,10 +59,11 @@ class AgentClient:
             raise AgentError(f"agent at {ip}:{port} answered {code}: {body.get('error')}")
         return AgentView(body.get("state", "idle"), body.get("target"), body.get("release"), body.get("error"))
 
-    def release(self, ip: str, port: int, release: str, source: str, restart: str) -> int:
+    def release(self, ip: str, port: int, release: str, source: str, restart: str,
+                options: dict[str, Any] | None = None) -> int:
         """Ask for a release; 200 (already there), 202 (started) and 409 (busy) are all answers."""
         code, body = self._call(ip, port, "POST", "/v1/release",
-                                {"release": release, "source": source, "restart": restart})
+                                {"release": release, "source": source, "restart": restart, **(options or {})})
         if code not in (200, 202, 409):
             raise AgentError(f"agent at {ip}:{port} refused release {release}: {code} {body.get('error')}")
         return code

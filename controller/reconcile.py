@@ -51,6 +51,16 @@ def agent_port(pod: dict[str, Any], default: int) -> int:
     return default
 
 
+def agent_options(settings: Any) -> dict[str, Any]:
+    """What a drain or signal restart needs to know, from the Deployment's annotations."""
+    if settings.restart in ("phased", "hot"):
+        return {}
+    options: dict[str, Any] = {"quietSignal": settings.quiet_signal, "drainSeconds": settings.drain_seconds}
+    if settings.process:
+        options["process"] = settings.process
+    return options
+
+
 def pod_ready(pod: dict[str, Any]) -> bool:
     status = pod.get("status") or {}
     return bool(status.get("podIP")) and status.get("phase") == "Running" and \
@@ -129,7 +139,7 @@ class Reconciler:
             try:
                 self.asked += 1
                 self.agents.release(pod["status"]["podIP"], agent_port(pod, self.settings.default_agent_port),
-                                    release, spec.source, spec.restart)
+                                    release, spec.source, spec.restart, agent_options(settings))
             except AgentError as err:
                 AGENT_ERRORS.inc()
                 log.warning("asking pod %s for %s: %s (will look again)", pod_name, release, err)

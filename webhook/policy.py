@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from contract import RESTART_MODES, SOURCE_SCHEMES, VOLUME_KINDS
+from contract import RESTART_ACCEPTS, SOURCE_SCHEMES, VOLUME_KINDS, is_restart_mode
 
 POLICY_CONFIGMAP = "customer-friendly-policy"
 INSTALL_NAMESPACE = "customer-friendly-system"
@@ -99,8 +99,8 @@ def _validate(p: Policy) -> None:
         value = getattr(p, key)
         if not _QUANTITY.match(value) and not (key == "agentCpuRequest" and re.match(r"^[0-9]+m$", value)):
             raise _fail(key, "a Kubernetes quantity such as 64Mi or 1Gi", value)
-    if p.restart not in RESTART_MODES:
-        raise _fail("restart", " or ".join(RESTART_MODES), p.restart)
+    if not is_restart_mode(p.restart):
+        raise _fail("restart", RESTART_ACCEPTS, p.restart)
     if not 0 <= p.maxPreStopSeconds <= 3600:
         raise _fail("maxPreStopSeconds", "whole seconds from 0 to 3600", p.maxPreStopSeconds)
     if not 0 <= p.preStopSeconds <= p.maxPreStopSeconds:

@@ -39,6 +39,9 @@ class Settings:
     paused: bool
     migrate: str | None = None
     migrate_timeout: int = 600
+    process: str | None = None
+    quiet_signal: str = "TSTP"
+    drain_seconds: int = 30
 
 
 def _refuse(annotation: str, value: str, accepts: str) -> Refusal:
@@ -109,8 +112,17 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
     check_code_path(code_path)
 
     restart = annotations.get(c.RESTART, policy.restart)
-    if restart not in c.RESTART_MODES:
-        raise _refuse(c.RESTART, restart, "phased (SIGUSR1, Puma cluster mode) or hot (SIGUSR2)")
+    if not c.is_restart_mode(restart):
+        raise _refuse(c.RESTART, restart, c.RESTART_ACCEPTS)
+    quiet = annotations.get(c.QUIET_SIGNAL, "TSTP")
+    if quiet not in c.SIGNAL_NAMES:
+        raise _refuse(c.QUIET_SIGNAL, quiet, "a signal name: " + ", ".join(c.SIGNAL_NAMES))
+    pattern = annotations.get(c.PROCESS)
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise _refuse(c.PROCESS, pattern, f"a regular expression for the process title ({err})") from err
     max_unavailable = annotations.get(c.MAX_UNAVAILABLE, policy.maxUnavailable)
     if parse_max_unavailable(max_unavailable) is None:
         raise _refuse(c.MAX_UNAVAILABLE, max_unavailable,
@@ -145,6 +157,9 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
         paused=_bool(annotations, c.PAUSED),
         migrate=migrate,
         migrate_timeout=_seconds(annotations, c.MIGRATE_TIMEOUT, 600, 1, 86400),
+        process=pattern,
+        quiet_signal=quiet,
+        drain_seconds=_seconds(annotations, c.DRAIN_SECONDS, 30, 0, 3600),
     )
 
 

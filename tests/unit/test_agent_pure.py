@@ -131,3 +131,18 @@ def test_a_crash_looping_workers_output_is_summarized_to_its_distinct_last_lines
                     f"[{pid}] Early termination of worker" for pid in (11, 12, 13))
     assert summarize_log("[1] Puma starting\n" + log, lines=3) == (
         "! Unable to start worker | config.ru:1:in `block in <main>' | Early termination of worker")
+
+
+def test_a_worker_is_found_by_pidfile_then_pattern_then_as_the_puma_master(tmp_path) -> None:
+    from agent.worker import Target, find
+
+    table = [*TABLE, Process(5000, 1, 900, "worker-app v1"), Process(5001, 1, 950, "worker-app v1")]
+    assert find(Target("^worker-app"), table, own_pid=1).pid == 5000  # the oldest match
+    assert find(Target("^worker-app"), table, own_pid=5000).pid == 5001  # never the agent itself
+    assert find(Target(), table, own_pid=1).pid == 4242
+    assert find(Target("^sidekiq"), table, own_pid=1) is None
+    pidfile = tmp_path / "worker.pid"
+    pidfile.write_text("5001\n")
+    assert find(Target("^nothing", pidfile), table, own_pid=1).pid == 5001
+    pidfile.write_text("not a pid")
+    assert find(Target(None, pidfile), table, own_pid=1) is None
