@@ -30,6 +30,11 @@ MIGRATE = PREFIX + "migrate"
 """A command run once per release, as a Job on the new release, before any pod is touched."""
 MIGRATE_TIMEOUT = PREFIX + "migrate-timeout"
 RETRY = PREFIX + "retry"
+APP = PREFIX + "app"
+"""Deployments sharing a value are released together: web first, then workers, then cron."""
+ROLE = PREFIX + "role"
+"""web, worker or cron; by default web for phased/hot restarts and worker for the others."""
+ROLES = ("web", "worker", "cron")
 PROCESS = PREFIX + "process"
 """For drain and signal: a regular expression matched against the process title (default: Puma)."""
 QUIET_SIGNAL = PREFIX + "quiet-signal"
@@ -42,7 +47,7 @@ ROLLOUT = PREFIX + "rollout"
 USER_ANNOTATIONS = (
     ENABLED, RELEASE, SOURCE, CONTAINER, CODE_PATH, RESTART, PRE_STOP_SECONDS,
     MAX_REQUEST_SECONDS, MAX_UNAVAILABLE, CANARY, VOLUME, STORAGE_CLASS, PAUSED, RETRY,
-    MIGRATE, MIGRATE_TIMEOUT, PROCESS, QUIET_SIGNAL, DRAIN_SECONDS,
+    MIGRATE, MIGRATE_TIMEOUT, PROCESS, QUIET_SIGNAL, DRAIN_SECONDS, APP, ROLE,
 )
 KNOWN_ANNOTATIONS = frozenset((*USER_ANNOTATIONS, ROLLOUT))
 
@@ -86,6 +91,14 @@ RELEASE_CONFIGMAP_KEY = "release"
 INJECTED = PREFIX + "injected"
 
 _MAX_NAME = 253
+
+
+def role_of(annotations: dict[str, str]) -> str:
+    """A Deployment's place in its app group's order."""
+    explicit = annotations.get(ROLE)
+    if explicit in ROLES:
+        return explicit
+    return "web" if annotations.get(RESTART, "phased") in ("phased", "hot") else "worker"
 
 
 def migration_job_name(deployment_name: str, release: str) -> str:

@@ -48,6 +48,11 @@ class Kube:
             raise
         return self.apps.api_client.sanitize_for_serialization(obj)
 
+    def deployments(self, namespace: str) -> list[dict[str, Any]]:
+        self._count()
+        items = self.apps.list_namespaced_deployment(namespace)
+        return self.apps.api_client.sanitize_for_serialization(items).get("items", [])
+
     def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
         self._count()
         label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))

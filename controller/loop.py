@@ -76,15 +76,31 @@ def _opted_in(obj: Any) -> bool:
 
 def watch_deployments(apps: client.AppsV1Api, enqueue: Callable[[Key], None], stop: threading.Event,
                       max_iterations: int | None = None) -> None:
-    """List, then watch; 410 or a broken stream go back to listing. `max_iterations` is for tests."""
+    """List, then watch; 410 or a broken stream go back to listing. `max_iterations` is for tests.
+
+    A change to one Deployment of an app group also wakes the others: they wait on each other.
+    """
     iterations = 0
+    groups: dict[tuple[str, str], set[Key]] = {}
+
+    def seen(obj: Any) -> None:
+        key = (obj.metadata.namespace, obj.metadata.name)
+        app = (obj.metadata.annotations or {}).get(c.APP)
+        peers: set[Key] = set()
+        if app:
+            peers = groups.setdefault((key[0], app), set())
+            peers.add(key)
+        enqueue(key)
+        for peer in sorted(peers - {key}):
+            enqueue(peer)
+
     while not stop.is_set() and (max_iterations is None or iterations < max_iterations):
         iterations += 1
         try:
             listed = apps.list_deployment_for_all_namespaces()
             for item in listed.items:
                 if _opted_in(item):
-                    enqueue((item.metadata.namespace, item.metadata.name))
+                    seen(item)
             version = listed.metadata.resource_version
             stream = watch.Watch()
             for event in stream.stream(apps.list_deployment_for_all_namespaces, resource_version=version,
@@ -96,7 +112,7 @@ def watch_deployments(apps: client.AppsV1Api, enqueue: Callable[[Key], None], st
                 if event["type"] == "BOOKMARK":
                     continue
                 if _opted_in(obj) or event["type"] == "DELETED":
-                    enqueue((obj.metadata.namespace, obj.metadata.name))
+                    seen(obj)
         except ApiException as err:
             if err.status != 410:
                 logger.warning("watch failed (%s); listing again in 1s", err.reason)

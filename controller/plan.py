@@ -104,6 +104,10 @@ class Spec:
     batch_deadline_seconds: float = 300.0
     migrate: str | None = None
     """The migration command; None when the Deployment has none."""
+    group_block: str | None = None
+    """Why this Deployment must wait for others of its app group (web before workers before cron)."""
+    group_failure: str | None = None
+    """A Deployment of the same app group failed on this release."""
 
 
 @dataclass
@@ -151,7 +155,8 @@ def configmap_target(spec: Spec, rollout: Rollout) -> str | None:
     """The release new pods must start on: never one that failed and was abandoned, nor one
     whose migration has not succeeded yet."""
     abandoned = rollout.release == spec.release and (rollout.rollingBack or rollout.phase in (FAILED, ROLLED_BACK))
-    if (abandoned or migration_pending(spec, rollout)) and rollout.previous:
+    waiting = bool(spec.group_block) and rollout.release == spec.release and rollout.batchNumber == 0
+    if (abandoned or waiting or migration_pending(spec, rollout)) and rollout.previous:
         return rollout.previous
     return spec.release
 
@@ -231,15 +236,31 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
             actions.requeue_seconds = 0.0
             return actions
 
-    # 2. Between batches. A release with a migration first waits for its Job.
+    # 2. Between batches. An app group fails together and goes in order; a release with a
+    # migration first waits for its Job.
+    live = rollout.phase not in (FAILED, ROLLED_BACK) and not rollout.rollingBack and rollout.release == spec.release
+    if live and spec.group_failure:
+        moved = any(serving(p) == rollout.release for p in pods)
+        if moved:
+            return _fail(spec, rollout, pods, serving, ("", f"app group: {spec.group_failure}"), actions, now)
+        reason = f"app group: {spec.group_failure}"
+        actions.rollout = replace(rollout, phase=FAILED, reason=reason, message=f"{reason}; not started")
+        actions.events.append(Event("RolloutFailed", actions.rollout.message, warning=True))
+        return actions
+    if live and spec.group_block and rollout.batchNumber == 0:
+        message = f"waiting for {spec.group_block}"
+        actions.rollout = replace(rollout, message=message) if rollout.message != message else None
+        actions.requeue_seconds = 1.0
+        return actions
     if rollout.phase not in (FAILED, ROLLED_BACK) and migration_pending(spec, rollout):
         return _migrate(spec, rollout, migration, actions)
     if rollout.rollingBack:
         back = [p for p in pods if p.ready and serving(p) != rollout.previous]
         if not back:
             actions.rollout = replace(rollout, phase=ROLLED_BACK, rollingBack=False,
-                                      message=f"rolled back to {rollout.previous} after pod {rollout.failedPod} "
-                                      f"failed: {rollout.reason}")
+                                      message=f"rolled back to {rollout.previous} after "
+                                      + (f"pod {rollout.failedPod} failed: " if rollout.failedPod else "")
+                                      + str(rollout.reason))
             actions.events.append(Event("RolledBack", actions.rollout.message, warning=True))
             return actions
         return _ask_batch(rollout, back, len(back), rollout.previous, actions, now)  # type: ignore[arg-type]
@@ -309,9 +330,9 @@ def _ask_batch(rollout: Rollout, pending: list[PodState], size: int, release: st
 def _fail(spec: Spec, rollout: Rollout, pods: list[PodState], serving: Any, failure: tuple[str, str],
           actions: Actions, now: float) -> Actions:
     pod, reason = failure
-    message = f"pod {pod}: {reason}"
+    message = f"pod {pod}: {reason}" if pod else reason
     actions.events.append(Event("RolloutFailed", f"release {rollout.release} failed: {message}", warning=True))
-    failed = replace(rollout, phase=FAILED, failedPod=pod, reason=reason, batch=(), batchRelease=None,
+    failed = replace(rollout, phase=FAILED, failedPod=pod or None, reason=reason, batch=(), batchRelease=None,
                      batchStartedAt=None, message=message)
     if rollout.previous is not None:
         actions.configmap_release = rollout.previous

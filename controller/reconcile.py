@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -61,6 +61,32 @@ def agent_options(settings: Any) -> dict[str, Any]:
     return options
 
 
+ROLE_ORDER = {role: i for i, role in enumerate(c.ROLES)}
+
+
+def group_state(me: str, annotations: dict[str, str], peers: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """(what this Deployment waits for, which peer failed) in its app group, for its wanted release."""
+    app, release = annotations.get(c.APP), annotations.get(c.RELEASE)
+    if not app:
+        return None, None
+    my_order = ROLE_ORDER[c.role_of(annotations)]
+    waiting, failed = [], None
+    for peer in peers:
+        meta = peer["metadata"]
+        peer_annotations = meta.get("annotations") or {}
+        if meta["name"] == me or peer_annotations.get(c.APP) != app or peer_annotations.get(c.ENABLED) != "true":
+            continue
+        rollout = Rollout.from_annotation(peer_annotations.get(c.ROLLOUT))
+        on_release = rollout is not None and rollout.release == release
+        if on_release and rollout.phase in (FAILED, ROLLED_BACK):  # type: ignore[union-attr]
+            failed = f"{meta['name']} failed: {rollout.reason or rollout.message}"  # type: ignore[union-attr]
+        if ROLE_ORDER[c.role_of(peer_annotations)] < my_order and not (
+                on_release and rollout.phase == COMPLETE and not rollout.batch):  # type: ignore[union-attr]
+            waiting.append(meta["name"])
+    block = f"{', '.join(sorted(waiting))} (app {app}) to complete {release}" if waiting else None
+    return block, failed
+
+
 def pod_ready(pod: dict[str, Any]) -> bool:
     status = pod.get("status") or {}
     return bool(status.get("podIP")) and status.get("phase") == "Running" and \
@@ -98,6 +124,9 @@ class Reconciler:
             retry=annotations.get(c.RETRY), batch_deadline_seconds=self.settings.batch_deadline_seconds,
             migrate=settings.migrate,
         )
+        if annotations.get(c.APP):
+            block, failure = group_state(name, annotations, self.kube.deployments(namespace))
+            spec = replace(spec, group_block=block, group_failure=failure)
         rollout = Rollout.from_annotation(annotations.get(c.ROLLOUT))
         selector = (deployment["spec"].get("selector") or {}).get("matchLabels") or {}
         raw_pods = {p["metadata"]["name"]: p for p in self.kube.pods(namespace, selector)}

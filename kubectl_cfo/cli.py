@@ -48,16 +48,18 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, parents=[common])
 
-    release = command("release", "set the release of a Deployment")
-    release.add_argument("deployment")
-    release.add_argument("release")
+    release = command("release", "set the release of a Deployment (DEPLOY ID), or of an app group (--app NAME ID)")
+    release.add_argument("targets", nargs="+", metavar="DEPLOY ID | ID")
+    release.add_argument("--app", help="release every Deployment of this app group (customer-friendly.dev/app)")
     rollback = command("rollback", "release the previous release again")
     rollback.add_argument("deployment")
     for waiting in (release, rollback):
         waiting.add_argument("--wait", action="store_true", help="show progress until Complete, Failed or RolledBack")
         waiting.add_argument("--timeout", type=float, default=1800, help="seconds to wait (default 1800)")
-    for name, text in (("status", "pods and their releases, and the rollout"),
-                       ("history", "releases and their outcomes"),
+    status = command("status", "pods and their releases, and the rollout (or an app group's Deployments)")
+    status.add_argument("deployment", nargs="?")
+    status.add_argument("--app", help="show every Deployment of this app group")
+    for name, text in (("history", "releases and their outcomes"),
                        ("pause", "pause the rollout between batches"), ("resume", "resume a paused rollout")):
         command(name, text).add_argument("deployment")
     command("fleet", "every opted-in Deployment and the releases its pods run")
@@ -144,6 +146,14 @@ def run(args: argparse.Namespace) -> int:
                                            ("WANTED", "wanted"), ("PHASE", "phase"), ("PODS", "pods"),
                                            ("RUNNING", "running")]))
         return 0
+    if getattr(args, "app", None):
+        return run_app(args, session)
+    if args.command == "release":
+        if len(args.targets) != 2:
+            raise CommandError("usage: kubectl cfo release DEPLOY ID, or kubectl cfo release --app NAME ID")
+        args.deployment, args.release = args.targets
+    if not args.deployment:
+        raise CommandError(f"kubectl cfo {args.command}: name a Deployment (or --app NAME)")
     name = args.deployment
     deployment = session.deployment(name)
     if args.command == "status":
@@ -178,6 +188,54 @@ def run(args: argparse.Namespace) -> int:
     session.annotate(name, {c.RELEASE: target})
     print(f"deployment.apps/{name} release {target}")
     return wait(session, name, target, args.timeout) if args.wait else 0
+
+
+def app_members(session: Session, app: str) -> list[dict[str, Any]]:
+    items = session.serialize(session.apps.list_namespaced_deployment(session.namespace)).get("items", [])
+    members = [d for d in items if view.annotations(d).get(c.APP) == app
+               and view.annotations(d).get(c.ENABLED) == "true"]
+    if not members:
+        raise CommandError(f'no opted-in Deployment of app "{app}" in namespace "{session.namespace}"')
+    return sorted(members, key=lambda d: (c.ROLES.index(c.role_of(view.annotations(d))), d["metadata"]["name"]))
+
+
+def run_app(args: argparse.Namespace, session: Session) -> int:
+    """release --app / status --app: the group as a whole, in its order (web, worker, cron)."""
+    members = app_members(session, args.app)
+    if args.command == "status":
+        rows = [{**r, "role": c.role_of(view.annotations(d))}
+                for r, d in zip(view.fleet_rows(members, {(d["metadata"]["namespace"], d["metadata"]["name"]):
+                                                          session.pods(d) for d in members}), members, strict=True)]
+        emit(args, rows, view.table(rows, [("DEPLOYMENT", "deployment"), ("ROLE", "role"), ("WANTED", "wanted"),
+                                           ("PHASE", "phase"), ("PODS", "pods"), ("RUNNING", "running")]))
+        return 0
+    if args.command != "release" or len(args.targets) != 1:
+        raise CommandError("usage: kubectl cfo release --app NAME ID")
+    release = args.targets[0]
+    if not c.is_release_id(release):
+        raise CommandError(f"invalid release id {release!r}: it must match {c.RELEASE_ID_PATTERN}")
+    for deployment in members:
+        session.annotate(deployment["metadata"]["name"], {c.RELEASE: release})
+        print(f"deployment.apps/{deployment['metadata']['name']} release {release}")
+    if not args.wait:
+        return 0
+    started = time.monotonic()
+    while time.monotonic() - started < args.timeout:
+        phases = {d["metadata"]["name"]: view.rollout_of(session.deployment(d["metadata"]["name"]))
+                  for d in members}
+        mine = {n: r for n, r in phases.items() if r.get("release") == release}
+        failed = [n for n, r in mine.items() if r.get("phase") in ("Failed", "RolledBack") and not r.get("batch")]
+        if failed and all(r.get("phase") in view.FINAL_PHASES and not r.get("batch") for r in mine.values()):
+            for n, r in mine.items():
+                print(f"{n}: {r.get('phase')}: {r.get('message', '')}", file=sys.stderr)
+            return 1
+        if len(mine) == len(members) and all(r.get("phase") == "Complete" and not r.get("batch")
+                                             for r in mine.values()):
+            print(f"Complete: app {args.app} serves {release}", file=sys.stderr)
+            return 0
+        time.sleep(0.5)
+    print(f"timed out after {args.timeout:.0f}s", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

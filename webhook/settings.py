@@ -114,6 +114,12 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
     restart = annotations.get(c.RESTART, policy.restart)
     if not c.is_restart_mode(restart):
         raise _refuse(c.RESTART, restart, c.RESTART_ACCEPTS)
+    role = annotations.get(c.ROLE)
+    if role is not None and role not in c.ROLES:
+        raise _refuse(c.ROLE, role, "web, worker or cron")
+    app = annotations.get(c.APP)
+    if app is not None and not DNS_SUBDOMAIN.match(app):
+        raise _refuse(c.APP, app, "an app name (lower-case letters, digits, '-' and '.')")
     quiet = annotations.get(c.QUIET_SIGNAL, "TSTP")
     if quiet not in c.SIGNAL_NAMES:
         raise _refuse(c.QUIET_SIGNAL, quiet, "a signal name: " + ", ".join(c.SIGNAL_NAMES))

@@ -237,3 +237,27 @@ def test_a_first_release_has_nothing_to_wait_for() -> None:
     spec = Spec("v1", "s", replicas=2, migrate="bin/rails db:migrate")
     actions = plan(spec, None, None, pods(2, serving="v1"), NOW)
     assert actions.run_migration is None and actions.rollout.phase == COMPLETE
+
+
+def test_a_group_member_waits_for_the_earlier_roles_and_its_configmap_with_it() -> None:
+    spec = Spec("v2", "s", replicas=2, group_block="web (app shop)")
+    actions = plan(spec, None, "v1", pods(2), NOW)
+    assert actions.ask == {} and "waiting for web" in actions.rollout.message
+    assert actions.configmap_release is None and actions.requeue_seconds == 1.0
+    go = plan(replace(spec, group_block=None), actions.rollout, "v1", pods(2), NOW + 1)
+    assert go.ask == {"web-0": "v2"} and go.configmap_release == "v2"
+
+
+def test_a_failure_elsewhere_in_the_group_rolls_back_what_moved_here() -> None:
+    world = World(Spec("v2", "s", replicas=2, max_unavailable="100%", canary=0), pods(2)).run()
+    assert world.rollout.phase == COMPLETE
+    world.spec = replace(world.spec, group_failure="worker failed: no process found")
+    world.run()
+    assert world.rollout.phase == ROLLED_BACK and "app group: worker failed" in world.rollout.message
+    assert {p.serving for p in world.pods.values()} == {"v1"} and world.configmap == "v1"
+
+
+def test_a_group_failure_before_starting_fails_without_touching_pods() -> None:
+    spec = Spec("v2", "s", replicas=2, group_block="web", group_failure="web failed: boom")
+    actions = plan(spec, None, "v1", pods(2), NOW)
+    assert actions.rollout.phase == FAILED and actions.ask == {} and "not started" in actions.rollout.message
