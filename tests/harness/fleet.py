@@ -24,6 +24,7 @@ import yaml
 import contract as c
 from tests.harness.controlplane import ROOT, ControlPlane, ControlPlaneError, free_port, tail, terminate
 from tests.harness.puma_app import AgentProcess, Puma
+from tests.harness.worker_app import Supervisor
 
 AGENT_PORT = 9443
 NAMESPACE = "customer-friendly-system"
@@ -36,8 +37,9 @@ PUMA_CONFIG = ("queue_requests false",)
 class FakeKubeletPod:
     name: str
     ip: str
-    puma: Puma
+    puma: Puma | None
     agent: AgentProcess
+    supervisor: Supervisor | None = None
 
 
 @dataclass
@@ -78,19 +80,35 @@ class Kubelet:
         code = home / "code"
         subprocess.run([sys.executable, "-m", "agent", "fetch"], cwd=ROOT, check=True, capture_output=True,
                        env={**os.environ, **env, "CFO_CODE_PATH": str(code)})
+        if (pod["metadata"].get("labels") or {}).get("component") == "worker":
+            return self._start_worker(pod, name, ip, home, code)
         puma = Puma(code, home, extra_config=PUMA_CONFIG).start()
         agent = AgentProcess(code, home, self.client_ca, {
             "CFO_PUMA_PIDFILE": str(puma.pidfile),
             "CFO_PUMA_CONTROL_URL": puma.control_url, "CFO_PUMA_CONTROL_TOKEN": puma.token,
             "CFO_RESTART_DEADLINE_SECONDS": "15"}, port=AGENT_PORT, bind=ip)
         agent.start()
+        self._report_running(name, ip)
+        started = FakeKubeletPod(name, ip, puma, agent)
+        self.started[name] = started
+        return started
+
+    def _start_worker(self, pod: dict[str, Any], name: str, ip: str, home: Path, code: Path) -> FakeKubeletPod:
+        """A worker pod: the Ruby worker under a supervisor (the container's restarts), and the agent."""
+        supervisor = Supervisor(code, home / "queue", home / "done", home / "worker.log").start()
+        agent = AgentProcess(code, home, self.client_ca, {"CFO_RESTART_DEADLINE_SECONDS": "20"}, port=AGENT_PORT,
+                             bind=ip)
+        agent.start()
+        self._report_running(name, ip)
+        started = FakeKubeletPod(name, ip, None, agent, supervisor)
+        self.started[name] = started
+        return started
+
+    def _report_running(self, name: str, ip: str) -> None:
         status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
                              "conditions": [{"type": "Ready", "status": "True"}]}}
         self.cluster.kubectl("-n", self.namespace, "patch", "pod", name, "--subresource=status", "--type=merge",
                              "-p", json.dumps(status))
-        started = FakeKubeletPod(name, ip, puma, agent)
-        self.started[name] = started
-        return started
 
     def sync(self, selector: str, want: int, timeout: float = 60) -> list[FakeKubeletPod]:
         """Wait for `want` pods of the selector and start the ones not started yet."""
@@ -110,7 +128,10 @@ class Kubelet:
     def stop(self) -> None:
         for pod in self.started.values():
             pod.agent.stop()
-            pod.puma.stop()
+            if pod.puma:
+                pod.puma.stop()
+            if pod.supervisor:
+                pod.supervisor.stop()
 
 
 @dataclass

@@ -116,7 +116,7 @@ class Fleet:
         return client.call("GET", "/v1/status")[1]
 
     def served(self, name: str) -> str:
-        return (self.kubelet.started[name].puma.code / "current").readlink().name
+        return (self.kubelet.started[name].agent.code / "current").readlink().name
 
     def events(self) -> list[str]:
         items = json.loads(self.kube.run("get", "events", "--field-selector", "involvedObject.name=web", "-o",
