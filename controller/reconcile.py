@@ -100,7 +100,6 @@ class Reconciler:
     def __init__(self, kube: Kube, agents: AgentClient, policy: PolicySource,
                  settings: Settings = DEFAULT_SETTINGS) -> None:
         self.kube, self.agents, self.policy, self.settings = kube, agents, policy, settings
-        self.asked = 0
 
     def reconcile(self, namespace: str, name: str) -> float | None:
         deployment = self.kube.deployment(namespace, name)
@@ -166,7 +165,6 @@ class Reconciler:
         for pod_name, release in actions.ask.items():
             pod = raw_pods[pod_name]
             try:
-                self.asked += 1
                 self.agents.release(pod["status"]["podIP"], agent_port(pod, self.settings.default_agent_port),
                                     release, spec.source, spec.restart, agent_options(settings))
             except AgentError as err:
