@@ -37,6 +37,8 @@ class Status:
     started_at: float | None = None
     finished_at: float | None = None
     puma: dict[str, Any] = field(default_factory=dict)
+    steps: list[str] = field(default_factory=list)
+    """What a drain or signal restart did, in order."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,9 @@ class Agent:
         switch(self.layout, request.release)
 
         def progress(text: str) -> None:
-            self._update(note=text)
+            with self._lock:
+                self._status.note = text
+                self._status.steps.append(text)
 
         if request.restart == "drain":
             worker.drain(target, request.quiet_signal, request.drain_seconds, deadline, progress)

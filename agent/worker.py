@@ -1,9 +1,9 @@
 """Restarting processes that cannot phase-restart: drain (Sidekiq, cron) and signal:<NAME>.
 
 drain: send the quiet signal (TSTP for Sidekiq: stop taking new jobs), wait until the process
-exits by itself or drain-seconds pass, send TERM (Sidekiq finishes or requeues what is in
-flight), then wait for the kubelet to start the container again; it comes back on the new
-code because `current` already points at it. The pod, its volume and its IP stay.
+is idle (a Sidekiq-style title says "[0 of N busy]"), exits by itself, or drain-seconds pass,
+send TERM (Sidekiq finishes or requeues what is in flight), then wait for the kubelet to start
+the container again; it comes back on the new code because `current` already points at it. The pod, its volume and its IP stay.
 
 signal:<NAME>: for servers that reload on a signal (gunicorn on HUP): send it, and check the
 process is still there to have done so.
@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import puma
+
+# Sidekiq (and workers that copy it) show their load in the process title: "[3 of 10 busy]".
+BUSY_TITLE = re.compile(r"\[(\d+) of (\d+) busy\]")
 
 SIGNALS = {name: getattr(signal, f"SIG{name}") for name in
            ("HUP", "USR1", "USR2", "TTIN", "TTOU", "WINCH", "QUIT", "INT", "TERM", "TSTP", "CONT")}
@@ -47,6 +50,12 @@ def find(target: Target, processes: list[puma.Process], own_pid: int) -> puma.Pr
     regex = re.compile(target.pattern)
     matches = [p for p in processes if p.pid != own_pid and regex.search(p.title)]
     return min(matches, key=lambda p: p.start_ticks) if matches else None
+
+
+def busy_jobs(title: str) -> int | None:
+    """Jobs in hand according to a Sidekiq-style title, or None when the title does not say. Pure."""
+    match = BUSY_TITLE.search(title)
+    return int(match.group(1)) if match else None
 
 
 def describe(target: Target) -> str:
@@ -90,6 +99,10 @@ def drain(target: Target, quiet: str, drain_seconds: float, deadline_seconds: fl
     progress(f"quieted pid {process.pid} with SIG{quiet}; draining up to {drain_seconds:.0f}s")
     until = time.monotonic() + drain_seconds
     while _alive(process.pid) and time.monotonic() < until:
+        current = next((p for p in read() if p.pid == process.pid), None)
+        if current is not None and busy_jobs(current.title) == 0:
+            progress(f"pid {process.pid} is idle (its title says 0 busy)")
+            break
         time.sleep(0.1)
     if _alive(process.pid):
         _send(process, signal.SIGTERM)

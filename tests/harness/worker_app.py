@@ -23,13 +23,15 @@ stopping = false
 Signal.trap("TSTP") {{ quiet = true }}
 Signal.trap("TERM") {{ stopping = true }}
 Signal.trap("HUP") {{ File.write(File.join(done, "hup-#{{Process.pid}}"), VERSION) }}
-$0 = "worker-app #{{VERSION}}"
+def title(busy) = $0 = "worker-app #{{VERSION}} [#{{busy}} of 1 busy]" # as Sidekiq shows its load
+title(0)
 until stopping
   job = quiet ? nil : Dir.glob(File.join(queue, "*.job")).sort.first
   if job.nil?
     sleep 0.05
     next
   end
+  title(1)
   claimed = "#{{job}}.#{{Process.pid}}"
   begin
     File.rename(job, claimed)
@@ -39,6 +41,7 @@ until stopping
   sleep 0.2 # the work
   File.write(File.join(done, File.basename(job, ".job") + ".done"), "#{{VERSION}} #{{Process.pid}}\n")
   File.delete(claimed)
+  title(0)
 end
 '''
 

@@ -65,11 +65,12 @@ def test_a_drained_worker_finishes_its_jobs_and_comes_back_on_the_new_code(worke
     time.sleep(1.5)
     code, _ = worker_pod.client.call("POST", "/v1/release", {
         "release": "v2", "source": worker_pod.source, "restart": "drain", "process": "^worker-app",
-        "drainSeconds": 1})
+        "drainSeconds": 600})  # the worker says when it is idle: no need to wait that long
     assert code == 202
     status = worker_pod.client.wait(timeout=60)
     assert status["state"] == "done", status
     assert status["release"] == "v2" and "restarted as pid" in status["note"]
+    assert any("is idle (its title says 0 busy)" in step for step in status["steps"]), status["steps"]
     producer.join()
     deadline = time.monotonic() + 60
     done_dir = worker_pod.supervisor.done

@@ -146,3 +146,13 @@ def test_a_worker_is_found_by_pidfile_then_pattern_then_as_the_puma_master(tmp_p
     assert find(Target("^nothing", pidfile), table, own_pid=1).pid == 5001
     pidfile.write_text("not a pid")
     assert find(Target(None, pidfile), table, own_pid=1) is None
+
+
+@pytest.mark.parametrize(("title", "busy"), [
+    ("sidekiq 7.2.4 shop [3 of 10 busy]", 3), ("sidekiq 7.2.4 shop [0 of 10 busy] stopping", 0),
+    ("worker-app v1 [1 of 1 busy]", 1), ("cronenberg", None),
+])
+def test_a_sidekiq_style_title_tells_the_jobs_in_hand(title: str, busy: int | None) -> None:
+    from agent.worker import busy_jobs
+
+    assert busy_jobs(title) == busy
