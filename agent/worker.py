@@ -2,8 +2,9 @@
 
 drain: send the quiet signal (TSTP for Sidekiq: stop taking new jobs), wait until the process
 is idle (a Sidekiq-style title says "[0 of N busy]"), exits by itself, or drain-seconds pass,
-send TERM (Sidekiq finishes or requeues what is in flight), then wait for the kubelet to start
-the container again; it comes back on the new code because `current` already points at it. The pod, its volume and its IP stay.
+send TERM (Sidekiq finishes or requeues what is in flight), then wait for the kubelet to
+start the container again; it comes back on the new code because `current` already points
+at it. The pod, its volume and its IP stay.
 
 signal:<NAME>: for servers that reload on a signal (gunicorn on HUP): send it, and check the
 process is still there to have done so.
