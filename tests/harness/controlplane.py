@@ -66,6 +66,22 @@ def terminate(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
         proc.wait(5)
 
 
+def wait_ready(name: str, proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float,
+               log: Path) -> None:
+    """Poll `ready` until it is true; fail with the log's tail if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ControlPlaneError(f"{name} exited with {proc.returncode}:\n{tail(log)}")
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise ControlPlaneError(f"{name} not ready after {timeout:.0f}s:\n{tail(log)}")
+
+
 def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -177,17 +193,7 @@ class ControlPlane:
         return process
 
     def _wait(self, process: _Process, ready: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.proc.poll() is not None:
-                raise ControlPlaneError(f"{process.name} exited with {process.proc.returncode}:\n{tail(process.log)}")
-            try:
-                if ready():
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise ControlPlaneError(f"{process.name} not ready after {timeout:.0f}s:\n{tail(process.log)}")
+        wait_ready(process.name, process.proc, ready, timeout, process.log)
 
     def _start_etcd(self) -> str:
         client_port, peer_port = free_port(), free_port()

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 import contract as c
-from tests.harness.controlplane import ROOT, ControlPlane, ControlPlaneError, free_port, tail, terminate
+from tests.harness.controlplane import ROOT, ControlPlane, ControlPlaneError, free_port, tail, terminate, wait_ready
 from tests.harness.puma_app import AgentProcess, Puma
 from tests.harness.worker_app import Supervisor
 
@@ -183,17 +183,13 @@ http {{
         with log.open("ab") as fh:
             self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(self.workdir)], stdout=fh,
                                          stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise ControlPlaneError(
-                        f"nginx exited:\n{tail(log)}\n{tail(self.workdir / 'error.log')}") from None
-                time.sleep(0.1)
-        raise ControlPlaneError("nginx did not start")
+
+        def listening() -> bool:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+
+        wait_ready("nginx", self.proc, listening, 10, self.workdir / "error.log")
+        return self
 
     def reload(self, upstream_ports: list[int]) -> None:
         """New upstreams by a graceful reload (SIGHUP), as an ingress controller does."""

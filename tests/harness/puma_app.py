@@ -4,6 +4,7 @@ the real agent beside it in the same (host) PID namespace, and moto's S3 on loop
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.controlplane import ROOT, ControlPlaneError, free_port, tail, terminate
+from tests.harness.controlplane import ROOT, free_port, terminate, wait_ready
 
 GOOD_APP = """RELEASE = "{release}"
 run ->(env) {{ env["rack.input"].read; [200, {{"content-type" => "text/plain"}}, ["#{{RELEASE}}\\n"]] }}
@@ -93,19 +94,15 @@ class Puma:
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(["puma", "-C", str(config)], cwd=self.workdir, stdout=fh,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ControlPlaneError(f"puma exited with {self.proc.returncode}:\n{tail(self.log)}")
-            try:
-                stats = self.stats()
-                if stats.get("booted_workers", 1 if not self.workers else 0) == self.workers or (
-                        not self.workers and "running" in stats):
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise ControlPlaneError(f"puma not ready after 30s:\n{tail(self.log)}")
+
+        def booted() -> bool:
+            stats = self.stats()
+            if not self.workers:
+                return "running" in stats
+            return stats.get("booted_workers") == self.workers
+
+        wait_ready("puma", self.proc, booted, 30, self.log)
+        return self
 
     def answers(self) -> bool:
         """A readiness probe: does Puma answer HTTP on its port?"""
@@ -153,18 +150,15 @@ class AgentProcess:
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen([sys.executable, "-m", "agent", "serve"], cwd=ROOT, env=env, stdout=fh,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 20
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ControlPlaneError(f"cfo-agent exited with {self.proc.returncode}:\n{tail(self.log)}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", context=context, timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        raise ControlPlaneError(f"cfo-agent not ready after 20s:\n{tail(self.log)}")
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"{self.url}/healthz", context=context, timeout=2):
+                return True
+
+        wait_ready("cfo-agent", self.proc, healthy, 20, self.log)
+        return self
 
     def stop(self) -> None:
         terminate(self.proc, 10)
@@ -219,18 +213,14 @@ class MotoS3:
         with log.open("ab") as fh:
             self.proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(self.port)], stdout=fh,
                                          stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
+
+        def answering() -> bool:
+            with contextlib.suppress(urllib.error.HTTPError):  # any HTTP answer means it is up
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2).close()
-                return self
-            except urllib.error.HTTPError:
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise ControlPlaneError(f"moto_server exited:\n{tail(log)}") from None
-                time.sleep(0.2)
-        raise ControlPlaneError(f"moto_server not ready:\n{tail(log)}")
+            return True
+
+        wait_ready("moto_server", self.proc, answering, 30, log)
+        return self
 
     def stop(self) -> None:
         terminate(self.proc, 10)

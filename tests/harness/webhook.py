@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from tests.harness.controlplane import ROOT, ControlPlane, ControlPlaneError, free_port, tail, terminate
+from tests.harness.controlplane import ROOT, ControlPlane, ControlPlaneError, free_port, tail, terminate, wait_ready
 
 MANIFEST = ROOT / "manifests" / "base" / "mutatingwebhook.yaml"
 
@@ -68,16 +68,13 @@ class WebhookServer:
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(args, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ControlPlaneError(f"cfo-webhook exited with {self.proc.returncode}:\n{tail(self.log)}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2, context=self.ssl_context()):
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        raise ControlPlaneError(f"cfo-webhook not ready after 30s:\n{tail(self.log)}")
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2, context=self.ssl_context()):
+                return True
+
+        wait_ready("cfo-webhook", self.proc, healthy, 30, self.log)
+        return self
 
     def stop(self) -> None:
         terminate(self.proc, 15)
