@@ -149,34 +149,67 @@ def agent_env(deployment_name: str, settings: Settings, policy: Policy,
     return env
 
 
-def _agent_security_context(app: Obj) -> Obj:
-    """Least privilege. Signalling Puma needs the app's UID, or CAP_KILL when it is unknown."""
-    app_ctx = app.get("securityContext") or {}
-    ctx: Obj = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}
-    if "runAsUser" in app_ctx:
-        ctx["runAsUser"] = app_ctx["runAsUser"]
-        if "runAsGroup" in app_ctx:
-            ctx["runAsGroup"] = app_ctx["runAsGroup"]
-        ctx["capabilities"] = {"drop": ["ALL"]}
-    else:
-        ctx["capabilities"] = {"drop": ["ALL"], "add": ["KILL"]}
-    return ctx
+_NO_RUN_AS_USER_REFUSAL = (
+    "container {name} sets runAsNonRoot but no runAsUser: the agent must run as Puma's uid to signal "
+    "it; set securityContext.runAsUser (the uid of the image's USER)"
+)
+_ROOT_AGENT_WARNING = (
+    "container {name} sets no runAsUser: the agent runs as root with only CAP_KILL so it can signal "
+    "Puma; set runAsUser (and runAsNonRoot) to run it unprivileged, as PodSecurity restricted requires"
+)
 
 
-def _agent_container(name: str, mode: str, env: list[Obj], settings: Settings, policy: Policy,
-                     app: Obj) -> Obj:
+def _effective(key: str, app: Obj, pod: Obj) -> Any:
+    """A securityContext setting as the kubelet applies it: the container's, else the pod's."""
+    value = (app.get("securityContext") or {}).get(key)
+    return value if value is not None else (pod.get("securityContext") or {}).get(key)
+
+
+def agent_security_contexts(app: Obj, pod: Obj) -> tuple[Obj, Obj, str | None]:
+    """(cfo-agent's securityContext, cfo-fetch's, a warning or None): least privilege that works.
+
+    Signalling another container's process needs the same uid, or CAP_KILL. Kubernetes sets
+    no ambient capabilities, so a capability added to a non-root container stays in its
+    bounding set and is never effective: CAP_KILL works only for root. Hence:
+    - Puma's uid known (container or pod level): both run as it, with no capability at all;
+    - unknown and runAsNonRoot: nothing unprivileged can signal an unknown uid and root is
+      forbidden, so the Deployment is refused now rather than failing at its first release;
+    - unknown otherwise: root with CAP_KILL only for the agent, and a warning. cfo-fetch runs
+      as the same uid (the agent prunes what it wrote) but needs no capability.
+    Derived only from the app container and the pod, which the mutation never changes, so
+    it is the same on every mutation.
+    """
+    uid, gid = _effective("runAsUser", app, pod), _effective("runAsGroup", app, pod)
+    base: Obj = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                 "seccompProfile": {"type": "RuntimeDefault"}}
+    warning = None
+    if uid is None:
+        if _effective("runAsNonRoot", app, pod) is True:
+            raise Refusal(_NO_RUN_AS_USER_REFUSAL.format(name=app["name"]))
+        uid, warning = 0, _ROOT_AGENT_WARNING.format(name=app["name"])
+    base["runAsUser"] = uid
+    if gid is not None:
+        base["runAsGroup"] = gid
+    base["runAsNonRoot"] = uid != 0
+    fetch = {**base, "capabilities": {"drop": ["ALL"]}}
+    agent = {**base, "capabilities": {"drop": ["ALL"], "add": ["KILL"]} if warning else {"drop": ["ALL"]}}
+    return agent, fetch, warning
+
+
+def _agent_container(name: str, mode: str, env: list[Obj], mounts: list[Obj], policy: Policy,
+                     security_context: Obj) -> Obj:
     container: Obj = {
         "name": name,
         "image": policy.agentImage,
         "imagePullPolicy": policy.agentImagePullPolicy,
         "args": [mode],
-        "env": env,
-        "volumeMounts": [{"name": c.CODE_VOLUME, "mountPath": settings.code_path}],
+        "env": copy.deepcopy(env),
+        "volumeMounts": copy.deepcopy(mounts),
         "resources": {
             "requests": {"cpu": policy.agentCpuRequest, "memory": policy.agentMemoryRequest},
             "limits": {"memory": policy.agentMemoryLimit},
         },
-        "securityContext": _agent_security_context(app),
+        "securityContext": copy.deepcopy(security_context),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if mode == "serve":
@@ -225,6 +258,7 @@ def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, li
 
     containers = [ct for ct in pod.get("containers") or [] if ct.get("name") != c.AGENT_CONTAINER]
     app = next(ct for ct in containers if ct.get("name") == settings.container)
+    agent_context, fetch_context, privilege_warning = agent_security_contexts(app, pod)
     _mount_code(app, settings)
 
     # preStop: ours is a plain sleep; any other hook is the user's and is kept as it is.
@@ -262,8 +296,9 @@ def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, li
     fallback_release = _env_value(previous_fetch, "CFO_RELEASE_DEFAULT") or settings.release
     fallback_source = _env_value(previous_fetch, "CFO_SOURCE_DEFAULT") or settings.source
     env = agent_env(name, settings, policy, fallback_release, fallback_source, app["name"])
-    fetch = _agent_container(c.FETCH_CONTAINER, "fetch", env, settings, policy, app)
-    agent = _agent_container(c.AGENT_CONTAINER, "serve", env, settings, policy, app)
+    mounts = [{"name": c.CODE_VOLUME, "mountPath": settings.code_path}]
+    fetch = _agent_container(c.FETCH_CONTAINER, "fetch", env, mounts, policy, fetch_context)
+    agent = _agent_container(c.AGENT_CONTAINER, "serve", env, mounts, policy, agent_context)
 
     user_inits = [ct for ct in pod.get("initContainers") or []
                   if ct.get("name") not in (c.FETCH_CONTAINER, c.AGENT_CONTAINER)]
@@ -278,6 +313,8 @@ def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, li
 
     template_annotations[c.INJECTED] = Injected(pre_stop, pre_stop_base, grace, grace_base).to_annotation()
     warnings += _advice(out, app)
+    if privilege_warning:
+        warnings.append(privilege_warning)
     return out, warnings
 
 

@@ -153,18 +153,107 @@ def test_the_agent_trusts_the_client_ca_from_the_policy() -> None:
     assert env_of(agent)["CFO_CLIENT_CA"] == pem
 
 
-def test_the_agent_runs_as_the_apps_user_when_it_is_known() -> None:
-    obj = deployment()
-    named(pod(obj)["containers"], "puma")["securityContext"] = {"runAsUser": 1000, "runAsGroup": 1000}
-    agent = pod(run(obj)[0])["initContainers"][1]
-    assert agent["securityContext"]["runAsUser"] == 1000
-    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+# --- the agent's privileges ------------------------------------------------------------------
+# A capability added to a non-root container is never effective (no ambient capabilities), so
+# the agent signals Puma either as Puma's own uid with no capability, or as root with CAP_KILL.
+
+ROOT_WARNING = ("container puma sets no runAsUser: the agent runs as root with only CAP_KILL so it can "
+                "signal Puma; set runAsUser (and runAsNonRoot) to run it unprivileged, as PodSecurity "
+                "restricted requires")
+HARDENED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+NO_CAPS = {"drop": ["ALL"]}
+KILL_ONLY = {"drop": ["ALL"], "add": ["KILL"]}
 
 
-def test_the_agent_gets_only_cap_kill_when_the_apps_user_is_unknown() -> None:
-    agent = pod(run(deployment())[0])["initContainers"][1]
-    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["KILL"]}
-    assert agent["securityContext"]["allowPrivilegeEscalation"] is False
+def with_security(obj: dict[str, Any], container: dict[str, Any] | None,
+                  pod_level: dict[str, Any] | None) -> dict[str, Any]:
+    if container is not None:
+        named(pod(obj)["containers"], "puma")["securityContext"] = container
+    if pod_level is not None:
+        pod(obj)["securityContext"] = pod_level
+    return obj
+
+
+# (case, puma's securityContext, the pod's, expected identity of both our containers,
+#  the agent's capabilities, the warning or None)
+PRIVILEGES = [
+    ("uid given on the container", {"runAsUser": 1000, "runAsGroup": 1000}, None,
+     {"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": True}, NO_CAPS, None),
+    ("uid given on the pod", None, {"runAsUser": 1001, "runAsGroup": 2000, "fsGroup": 2000},
+     {"runAsUser": 1001, "runAsGroup": 2000, "runAsNonRoot": True}, NO_CAPS, None),
+    ("the container's uid wins over the pod's", {"runAsUser": 1002}, {"runAsUser": 5000, "runAsGroup": 3000},
+     {"runAsUser": 1002, "runAsGroup": 3000, "runAsNonRoot": True}, NO_CAPS, None),
+    ("uid given without a group", {"runAsUser": 1003, "runAsNonRoot": True}, None,
+     {"runAsUser": 1003, "runAsNonRoot": True}, NO_CAPS, None),
+    ("the app runs as root explicitly", {"runAsUser": 0}, None,
+     {"runAsUser": 0, "runAsNonRoot": False}, NO_CAPS, None),
+    ("uid unknown", None, None,
+     {"runAsUser": 0, "runAsNonRoot": False}, KILL_ONLY, ROOT_WARNING),
+    ("uid unknown, group known", {"runAsGroup": 1000}, None,
+     {"runAsUser": 0, "runAsGroup": 1000, "runAsNonRoot": False}, KILL_ONLY, ROOT_WARNING),
+    ("uid unknown, the container lifts the pod's runAsNonRoot", {"runAsNonRoot": False}, {"runAsNonRoot": True},
+     {"runAsUser": 0, "runAsNonRoot": False}, KILL_ONLY, ROOT_WARNING),
+]
+
+
+@pytest.mark.parametrize(("container", "pod_level", "identity", "agent_caps", "warning"),
+                         [case[1:] for case in PRIVILEGES], ids=[case[0] for case in PRIVILEGES])
+def test_the_agent_signals_puma_as_its_uid_or_as_root_with_only_cap_kill(
+        container: dict[str, Any] | None, pod_level: dict[str, Any] | None, identity: dict[str, Any],
+        agent_caps: dict[str, Any], warning: str | None) -> None:
+    out, warnings = run(with_security(deployment(), container, pod_level))
+    fetch, agent = pod(out)["initContainers"][:2]
+    assert agent["securityContext"] == {**HARDENED, **identity, "capabilities": agent_caps}
+    assert fetch["securityContext"] == {**HARDENED, **identity, "capabilities": NO_CAPS}
+    assert (warning in warnings) if warning else not any("runAsUser" in w for w in warnings)
+
+
+@pytest.mark.parametrize(("container", "pod_level"), [case[1:3] for case in PRIVILEGES],
+                         ids=[case[0] for case in PRIVILEGES])
+def test_mutating_twice_keeps_the_agents_privileges(container: dict[str, Any] | None,
+                                                    pod_level: dict[str, Any] | None) -> None:
+    once, _ = run(with_security(deployment(), container, pod_level))
+    assert run(once)[0] == once
+
+
+@pytest.mark.parametrize("policy", [Policy(), Policy(nativeSidecars=False)], ids=["native sidecar", "container"])
+def test_the_agent_and_fetch_are_hardened_for_a_restricted_namespace_in_every_layout(policy: Policy) -> None:
+    out = pod(run(with_security(deployment(), {"runAsUser": 1000}, None), policy)[0])
+    ours = [ct for ct in out["initContainers"] + out["containers"]
+            if ct["name"] in (c.FETCH_CONTAINER, c.AGENT_CONTAINER)]
+    assert len(ours) == 2
+    for container in ours:
+        assert container["securityContext"] == {**HARDENED, "runAsUser": 1000, "runAsNonRoot": True,
+                                                "capabilities": NO_CAPS}
+
+
+@pytest.mark.parametrize(("container", "pod_level"), [
+    ({"runAsNonRoot": True}, None),
+    (None, {"runAsNonRoot": True}),
+    ({"runAsNonRoot": True, "runAsGroup": 1000}, {"fsGroup": 1000}),
+], ids=["on the container", "on the pod", "with a group but no user"])
+def test_run_as_non_root_without_a_uid_is_refused_at_admission(container: dict[str, Any] | None,
+                                                               pod_level: dict[str, Any] | None) -> None:
+    with pytest.raises(Refusal) as err:
+        run(with_security(deployment(), container, pod_level))
+    assert str(err.value) == ("container puma sets runAsNonRoot but no runAsUser: the agent must run as "
+                              "Puma's uid to signal it; set securityContext.runAsUser (the uid of the "
+                              "image's USER)")
+
+
+def test_the_refusal_names_the_container_the_annotation_chose() -> None:
+    obj = deployment(container="log-shipper")
+    named(pod(obj)["containers"], "log-shipper")["securityContext"] = {"runAsNonRoot": True}
+    with pytest.raises(Refusal, match="container log-shipper sets runAsNonRoot"):
+        run(obj)
+
+
+def test_the_apps_security_context_is_never_changed() -> None:
+    obj = with_security(deployment(), {"runAsUser": 1000}, {"runAsGroup": 1000})
+    out = pod(run(obj)[0])
+    assert named(out["containers"], "puma")["securityContext"] == {"runAsUser": 1000}
+    assert out["securityContext"] == {"runAsGroup": 1000}
 
 
 # --- idempotence --------------------------------------------------------------------------
@@ -263,14 +352,14 @@ def test_the_users_other_lifecycle_hooks_are_kept() -> None:
 # --- warnings -------------------------------------------------------------------------------
 
 def test_an_app_container_without_a_readiness_probe_draws_a_warning() -> None:
-    obj = deployment()
+    obj = with_security(deployment(), {"runAsUser": 1000}, None)
     del named(pod(obj)["containers"], "puma")["readinessProbe"]
     _, warnings = run(obj)
     assert warnings == ["container puma has no readinessProbe: new pods will get traffic before Puma listens"]
 
 
-def test_a_readiness_probe_means_no_warning() -> None:
-    assert run(deployment())[1] == []
+def test_a_readiness_probe_and_a_known_uid_mean_no_warning() -> None:
+    assert run(with_security(deployment(), {"runAsUser": 1000}, None))[1] == []
 
 
 def test_share_process_namespace_false_is_overridden_with_a_warning() -> None:
