@@ -86,6 +86,8 @@ FETCH_CONTAINER = "cfo-fetch"
 AGENT_CONTAINER = "cfo-agent"
 AGENT_PORT_NAME = "cfo-agent"
 RELEASE_CONFIGMAP_KEY = "release"
+AGENT_ENV_PREFIX = "CFO_"
+"""The agent's own environment variables; the cluster policy's agentEnv may not use it."""
 # Pod-template annotation recording the values we injected, so that a later mutation can
 # tell our preStop and grace period from the user's own (which are never shortened).
 INJECTED = PREFIX + "injected"

@@ -3,20 +3,26 @@
 It is the ConfigMap `customer-friendly-policy`. Its data keys (camelCase strings) map one
 to one onto the fields below. Parsing is pure and strict: an unknown key or a bad value is
 an error naming the key, so that a typo in the policy never silently falls back to a default.
+
+Three keys hold lists of Kubernetes objects (agentEnv, agentVolumes, agentVolumeMounts): what
+a release source needs beyond the code volume. Only the cluster admin sets them (they can
+add a hostPath), never a Deployment's annotations.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from contract import RESTART_ACCEPTS, SOURCE_SCHEMES, VOLUME_KINDS, is_restart_mode
+from contract import AGENT_ENV_PREFIX, CODE_VOLUME, RESTART_ACCEPTS, SOURCE_SCHEMES, VOLUME_KINDS, is_restart_mode
 
 POLICY_CONFIGMAP = "customer-friendly-policy"
 INSTALL_NAMESPACE = "customer-friendly-system"
@@ -24,6 +30,11 @@ INSTALL_NAMESPACE = "customer-friendly-system"
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
 _PERCENT_OR_INT = re.compile(r"^([0-9]+)(%?)$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# The classic rule, valid on every Kubernetes version (1.34 relaxes it; older ones refuse more).
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_ENV_SOURCES = ("configMapKeyRef", "secretKeyRef", "fieldRef", "resourceFieldRef")
+_MOUNT_KEYS = ("name", "mountPath", "readOnly", "subPath", "subPathExpr", "mountPropagation", "recursiveReadOnly")
 
 
 class PolicyError(ValueError):
@@ -78,12 +89,152 @@ class Policy:
     preStopSleepAction: bool = True
     """The cluster is 1.30+: preStop uses the `sleep` action rather than an exec of `sleep`."""
 
+    # The three object lists below are stored as canonical JSON text ("" when empty), not as
+    # lists, so that Policy stays frozen, hashable and comparable: two policies that say the
+    # same thing in different YAML/JSON spelling are equal, and `policy_to_mapping` writes
+    # the text back unchanged. The constructor also accepts YAML/JSON text or a list and
+    # canonicalises it; read them parsed through `agent_env()`, `agent_volumes()` and
+    # `agent_volume_mounts()`, which return fresh copies.
+    agentEnv: str = ""
+    """EnvVar objects (name, and value or valueFrom) for cfo-fetch and cfo-agent, after ours;
+    names starting with CFO_ are ours and refused. For example AWS_ENDPOINT_URL_S3, AWS_REGION,
+    credentials through valueFrom.secretKeyRef, or SSL_CERT_FILE for a private CA."""
+    agentVolumes: str = ""
+    """Volume objects added to the pod for our containers (a hostPath or nfs directory for a
+    file:// source, a configMap holding a CA bundle). Names are DNS labels; cfo-code is ours."""
+    agentVolumeMounts: str = ""
+    """VolumeMount objects for cfo-fetch and cfo-agent; each names a volume of agentVolumes."""
+
     def __post_init__(self) -> None:
+        volumes = _canonical(self, "agentVolumes", "a YAML or JSON list of Kubernetes Volume objects",
+                             _check_volume)
+        names = {volume["name"] for volume in volumes}
+        _canonical(self, "agentEnv", "a YAML or JSON list of Kubernetes EnvVar objects "
+                   "(name, and value or valueFrom)", _check_env)
+        _canonical(self, "agentVolumeMounts", "a YAML or JSON list of Kubernetes VolumeMount objects "
+                   "(name, mountPath, optionally readOnly and subPath)",
+                   lambda item: _check_mount(item, names))
         _validate(self)
+
+    def agent_env(self) -> list[dict[str, Any]]:
+        """The parsed agentEnv (a fresh copy)."""
+        return _parsed(self.agentEnv)
+
+    def agent_volumes(self) -> list[dict[str, Any]]:
+        """The parsed agentVolumes (a fresh copy)."""
+        return _parsed(self.agentVolumes)
+
+    def agent_volume_mounts(self) -> list[dict[str, Any]]:
+        """The parsed agentVolumeMounts (a fresh copy)."""
+        return _parsed(self.agentVolumeMounts)
 
 
 def _fail(key: str, accepts: str, value: object) -> PolicyError:
     return PolicyError(f"policy key {key}={value!r} is invalid: it accepts {accepts}")
+
+
+def _parsed(text: str) -> list[dict[str, Any]]:
+    return json.loads(text) if text else []
+
+
+def _short(value: object, key: str) -> object:
+    """A value for an error message, which is logged: shortened, and agentEnv's values hidden,
+    since an admin may write a credential there."""
+    if key == "agentEnv":
+        if not isinstance(value, dict):
+            return "<not shown: it may hold credentials>"
+        value = {k: "<hidden>" if k == "value" else v for k, v in value.items()}
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _canonical(p: Policy, key: str, accepts: str,
+               check: Callable[[dict[str, Any]], str | None]) -> list[dict[str, Any]]:
+    """Parse one object-list key, check each item, and store its canonical JSON text on `p`."""
+    raw = getattr(p, key)
+    items: object = raw
+    if isinstance(raw, str):
+        try:
+            items = yaml.safe_load(raw) if raw.strip() else []
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (YAML error at line {mark.line + 1})" if mark else ""
+            raise _fail(key, accepts + where, _short(raw, key)) from err
+    if items is None:
+        items = []
+    if not isinstance(items, list | tuple):
+        raise _fail(key, accepts, _short(raw, key))
+    seen: set[str] = set()
+    for item in items:
+        if not isinstance(item, dict):
+            raise _fail(key, accepts + "; each entry is an object (a mapping)", _short(item, key))
+        problem = check(item)
+        if problem:
+            raise _fail(key, f"{accepts}: {problem}", _short(item, key))
+        ident = item.get("mountPath") if key == "agentVolumeMounts" else item.get("name")
+        if ident in seen:
+            raise _fail(key, f"{accepts}: {ident} appears twice", _short(item, key))
+        seen.add(ident)
+    text = json.dumps(list(items), sort_keys=True, separators=(",", ":")) if items else ""
+    object.__setattr__(p, key, text)
+    return list(items)
+
+
+def _check_env(env: dict[str, Any]) -> str | None:
+    name = env.get("name")
+    if not isinstance(name, str) or not _ENV_NAME.match(name):
+        return "name must be an environment variable name (letters, digits, '_', '-' and '.')"
+    if name.startswith(AGENT_ENV_PREFIX):
+        return f"names starting with {AGENT_ENV_PREFIX} are reserved for the agent's own settings"
+    unknown = sorted(set(env) - {"name", "value", "valueFrom"})
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)}"
+    if ("value" in env) == ("valueFrom" in env):
+        return f"{name} needs exactly one of value or valueFrom"
+    if "value" in env and not isinstance(env["value"], str):
+        return f"{name}: value must be a string (quote it)"
+    source = env.get("valueFrom")
+    if "valueFrom" in env:
+        if not isinstance(source, dict) or len(source) != 1 or next(iter(source)) not in _ENV_SOURCES:
+            return f"{name}: valueFrom holds exactly one of " + ", ".join(_ENV_SOURCES)
+        kind, ref = next(iter(source.items()))
+        if not isinstance(ref, dict):
+            return f"{name}: valueFrom.{kind} must be an object"
+        if kind in ("secretKeyRef", "configMapKeyRef") and not (
+                isinstance(ref.get("name"), str) and isinstance(ref.get("key"), str)):
+            return f"{name}: valueFrom.{kind} needs name and key (the object is read in the app's namespace)"
+    return None
+
+
+def _check_volume(volume: dict[str, Any]) -> str | None:
+    name = volume.get("name")
+    if not isinstance(name, str) or not DNS_LABEL.match(name):
+        return "name must be a DNS label (lower-case letters, digits and '-', at most 63)"
+    if name == CODE_VOLUME:
+        return f"the name {CODE_VOLUME} is reserved for the code volume"
+    sources = [key for key in volume if key != "name"]
+    if len(sources) != 1 or not isinstance(volume[sources[0]], dict):
+        return f"volume {name} needs exactly one volume source, such as hostPath, nfs, configMap or secret"
+    return None
+
+
+def _check_mount(mount: dict[str, Any], volumes: set[str]) -> str | None:
+    name, path = mount.get("name"), mount.get("mountPath")
+    if name not in volumes:
+        return f"name must be one of the volumes in agentVolumes ({', '.join(sorted(volumes)) or 'none'})"
+    if not isinstance(path, str) or not is_mount_path(path):
+        return "mountPath must be an absolute, normalised path other than /"
+    unknown = sorted(set(mount) - set(_MOUNT_KEYS))
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)}; a VolumeMount accepts " + ", ".join(_MOUNT_KEYS)
+    if "readOnly" in mount and not isinstance(mount["readOnly"], bool):
+        return "readOnly must be true or false"
+    return None
+
+
+def is_mount_path(path: str) -> bool:
+    """An absolute, normalised path other than `/`, such as /app or /etc/cfo/ca."""
+    return path.startswith("/") and posixpath.normpath(path) == path and path != "/" and "//" not in path
 
 
 def _validate(p: Policy) -> None:
@@ -143,6 +294,7 @@ def parse_max_unavailable(value: str) -> tuple[int, bool] | None:
 
 
 _FIELDS = {f.name: f for f in fields(Policy)}
+_OBJECT_LISTS = ("agentEnv", "agentVolumes", "agentVolumeMounts")
 
 
 def _coerce(key: str, raw: str, kind: object) -> object:
@@ -176,7 +328,9 @@ def policy_from_mapping(data: Mapping[str, object]) -> Policy:
     values: dict[str, object] = {}
     for key, raw in data.items():
         kind = _FIELDS[key].type
-        if isinstance(raw, bool | int) and kind in (int, bool, "int", "bool"):
+        if key in _OBJECT_LISTS:
+            values[key] = raw  # text, or a list from a YAML policy file: Policy parses both
+        elif isinstance(raw, bool | int) and kind in (int, bool, "int", "bool"):
             values[key] = raw
         elif isinstance(raw, list):
             values[key] = tuple(str(item) for item in raw)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from webhook.config import PolicySource, WebhookConfig
 from webhook.policy import Policy, PolicyError, policy_from_mapping, policy_to_mapping, read_policy_path
@@ -20,6 +22,153 @@ def test_policy_to_mapping_and_back_is_the_identity() -> None:
     policy = Policy(allowedSourcePrefixes=("s3://a/", "https://b/"), requireSha256=True, canary=2,
                     maxUnavailable="3")
     assert policy_from_mapping(policy_to_mapping(policy)) == policy
+
+
+# --- agentEnv, agentVolumes, agentVolumeMounts ---------------------------------------------
+
+ENV_YAML = """
+- name: AWS_REGION
+  value: eu-west-1
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom: {secretKeyRef: {name: release-reader, key: secret}}
+"""
+VOLUMES_YAML = """
+- name: release-ca
+  configMap: {name: release-ca}
+- name: releases
+  hostPath: {path: /srv/releases, type: Directory}
+"""
+MOUNTS_YAML = """
+- {name: release-ca, mountPath: /etc/cfo/ca, readOnly: true}
+- {name: releases, mountPath: /srv/releases}
+"""
+AGENT_KEYS = {"agentEnv": ENV_YAML, "agentVolumes": VOLUMES_YAML, "agentVolumeMounts": MOUNTS_YAML}
+
+
+def manifest_example() -> dict[str, str]:
+    """The commented example in policy.yaml, uncommented: the docs must parse."""
+    lines = (ROOT / "manifests" / "base" / "policy.yaml").read_text().splitlines()
+    start, end = lines.index("  # --- example"), lines.index("  # --- end example")
+    return yaml.safe_load("\n".join(line.removeprefix("  # ") for line in lines[start + 1:end]))
+
+
+def test_agent_keys_are_parsed_from_yaml_text() -> None:
+    policy = policy_from_mapping(AGENT_KEYS)
+    assert policy.agent_env() == [
+        {"name": "AWS_REGION", "value": "eu-west-1"},
+        {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "release-reader", "key": "secret"}}},
+    ]
+    assert [v["name"] for v in policy.agent_volumes()] == ["release-ca", "releases"]
+    assert policy.agent_volume_mounts()[0] == {"name": "release-ca", "mountPath": "/etc/cfo/ca", "readOnly": True}
+
+
+def test_agent_keys_written_as_json_yaml_or_lists_make_the_same_hashable_policy() -> None:
+    as_json = {key: json.dumps(yaml.safe_load(text)) for key, text in AGENT_KEYS.items()}
+    as_lists = {key: yaml.safe_load(text) for key, text in AGENT_KEYS.items()}
+    policies = {policy_from_mapping(AGENT_KEYS), policy_from_mapping(as_json), policy_from_mapping(as_lists),
+                Policy(**as_lists)}
+    assert len(policies) == 1
+
+
+@pytest.mark.parametrize("data", [AGENT_KEYS, {"agentEnv": ENV_YAML}, {"agentVolumes": VOLUMES_YAML}],
+                         ids=["all three", "env only", "volumes only"])
+def test_agent_keys_round_trip_through_the_configmap_form(data: dict[str, str]) -> None:
+    policy = policy_from_mapping(data)
+    mapping = policy_to_mapping(policy)
+    assert policy_from_mapping(mapping) == policy
+    assert policy_to_mapping(policy_from_mapping(mapping)) == mapping
+
+
+@pytest.mark.parametrize("empty", ["", "[]", "  \n", "null"])
+def test_an_empty_agent_key_is_the_default(empty: str) -> None:
+    assert policy_from_mapping(dict.fromkeys(AGENT_KEYS, empty)) == Policy()
+
+
+def test_the_parsed_agent_keys_are_fresh_copies() -> None:
+    policy = policy_from_mapping(AGENT_KEYS)
+    policy.agent_env()[0]["value"] = "changed"
+    policy.agent_volumes().clear()
+    assert policy.agent_env()[0]["value"] == "eu-west-1"
+    assert len(policy.agent_volumes()) == 2
+
+
+def test_the_example_in_the_installed_policy_parses() -> None:
+    policy = policy_from_mapping(manifest_example())
+    assert {e["name"] for e in policy.agent_env()} >= {"AWS_ENDPOINT_URL_S3", "SSL_CERT_FILE", "AWS_CA_BUNDLE"}
+    assert {m["name"] for m in policy.agent_volume_mounts()} == {v["name"] for v in policy.agent_volumes()}
+
+
+def test_a_policy_file_may_write_the_agent_keys_as_yaml_lists(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump({key: yaml.safe_load(text) for key, text in AGENT_KEYS.items()}))
+    assert read_policy_path(path) == policy_from_mapping(AGENT_KEYS)
+
+
+AGENT_KEY_REFUSALS = [
+    ("an env name of ours", {"agentEnv": "[{name: CFO_SOURCE, value: x}]"},
+     "agentEnv", "names starting with CFO_ are reserved"),
+    ("bad yaml", {"agentEnv": "- name: A\n  value: [unclosed"},
+     "agentEnv", "a YAML or JSON list of Kubernetes EnvVar objects"),
+    ("not a list", {"agentEnv": "name: A"}, "agentEnv", "a YAML or JSON list"),
+    ("an entry that is not an object", {"agentEnv": "[A=b]"}, "agentEnv", "each entry is an object"),
+    ("both value and valueFrom", {"agentEnv": "[{name: A, value: x, valueFrom: {fieldRef: {fieldPath: x}}}]"},
+     "agentEnv", "A needs exactly one of value or valueFrom"),
+    ("neither value nor valueFrom", {"agentEnv": "[{name: A}]"}, "agentEnv", "exactly one of value or valueFrom"),
+    ("a value that is not a string", {"agentEnv": "[{name: PORT, value: 9000}]"},
+     "agentEnv", "value must be a string (quote it)"),
+    ("an unknown valueFrom", {"agentEnv": "[{name: A, valueFrom: {vaultRef: {}}}]"},
+     "agentEnv", "valueFrom holds exactly one of configMapKeyRef, secretKeyRef"),
+    ("a secretKeyRef without a key", {"agentEnv": "[{name: A, valueFrom: {secretKeyRef: {name: s}}}]"},
+     "agentEnv", "needs name and key"),
+    ("a bad env name", {"agentEnv": "[{name: 'A B', value: x}]"}, "agentEnv", "environment variable name"),
+    ("an unknown env field", {"agentEnv": "[{name: A, value: x, vaule: y}]"}, "agentEnv", "unknown field(s) vaule"),
+    ("an env name twice", {"agentEnv": "[{name: A, value: x}, {name: A, value: y}]"}, "agentEnv", "A appears twice"),
+    ("the reserved volume name", {"agentVolumes": "[{name: cfo-code, emptyDir: {}}]"},
+     "agentVolumes", "cfo-code is reserved"),
+    ("a volume name that is no DNS label", {"agentVolumes": "[{name: Releases, emptyDir: {}}]"},
+     "agentVolumes", "DNS label"),
+    ("a volume without a source", {"agentVolumes": "[{name: releases}]"},
+     "agentVolumes", "exactly one volume source"),
+    ("a volume with two sources", {"agentVolumes": "[{name: r, emptyDir: {}, hostPath: {path: /x}}]"},
+     "agentVolumes", "exactly one volume source"),
+    ("a volume name twice", {"agentVolumes": "[{name: r, emptyDir: {}}, {name: r, emptyDir: {}}]"},
+     "agentVolumes", "r appears twice"),
+    ("a mount of an unknown volume", {"agentVolumes": VOLUMES_YAML,
+                                      "agentVolumeMounts": "[{name: relases, mountPath: /srv/releases}]"},
+     "agentVolumeMounts", "one of the volumes in agentVolumes (release-ca, releases)"),
+    ("a mount without volumes", {"agentVolumeMounts": "[{name: releases, mountPath: /srv}]"},
+     "agentVolumeMounts", "agentVolumes (none)"),
+    ("a relative mount path", {"agentVolumes": VOLUMES_YAML,
+                               "agentVolumeMounts": "[{name: releases, mountPath: srv/releases}]"},
+     "agentVolumeMounts", "absolute, normalised path"),
+    ("a mount at /", {"agentVolumes": VOLUMES_YAML, "agentVolumeMounts": "[{name: releases, mountPath: /}]"},
+     "agentVolumeMounts", "other than /"),
+    ("an unknown mount field", {"agentVolumes": VOLUMES_YAML,
+                                "agentVolumeMounts": "[{name: releases, mountPath: /srv, readonly: true}]"},
+     "agentVolumeMounts", "unknown field(s) readonly"),
+    ("a mount path twice", {"agentVolumes": VOLUMES_YAML, "agentVolumeMounts":
+                            "[{name: releases, mountPath: /srv}, {name: release-ca, mountPath: /srv}]"},
+     "agentVolumeMounts", "/srv appears twice"),
+]
+
+
+@pytest.mark.parametrize("text", ["[{name: CFO_KEY, value: s3cr3t}]", "- {name: KEY, value: s3cr3t, x: [",
+                                  "[{name: KEY, value: s3cr3t, valueFrom: {}}]"])
+def test_an_agent_env_error_never_shows_a_value(text: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        policy_from_mapping({"agentEnv": text})
+    assert "s3cr3t" not in str(err.value)
+
+
+@pytest.mark.parametrize(("data", "key", "fragment"), [case[1:] for case in AGENT_KEY_REFUSALS],
+                         ids=[case[0] for case in AGENT_KEY_REFUSALS])
+def test_an_invalid_agent_key_is_refused_naming_the_key_and_what_it_accepts(
+        data: dict[str, str], key: str, fragment: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        policy_from_mapping(data)
+    assert str(err.value).startswith(f"policy key {key}=")
+    assert "is invalid: it accepts" in str(err.value)
+    assert fragment in str(err.value)
 
 
 @pytest.mark.parametrize(("text", "prefixes"), [
