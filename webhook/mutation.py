@@ -31,20 +31,25 @@ class Injected:
     """What the previous mutation chose, recorded on the pod template.
 
     The `*_base` fields are the user's own values as we first found them, so that ours can
-    be lowered again later without ever going below what the user asked for.
+    be lowered again later without ever going below what the user asked for. `volumes` names
+    the pod volumes that the policy's agentVolumes added, so that a later mutation replaces
+    or removes them and never mistakes a user's volume of the same name for ours.
     """
 
     pre_stop_seconds: int | None = None
     pre_stop_base: int | None = None
     grace_seconds: int | None = None
     grace_base: int | None = None
+    volumes: tuple[str, ...] = ()
 
     def to_annotation(self) -> str:
-        return json.dumps(
-            {"preStopSeconds": self.pre_stop_seconds, "preStopBase": self.pre_stop_base,
-             "terminationGracePeriodSeconds": self.grace_seconds, "graceBase": self.grace_base},
-            sort_keys=True, separators=(",", ":"),
-        )
+        data: Obj = {"preStopSeconds": self.pre_stop_seconds, "preStopBase": self.pre_stop_base,
+                     "terminationGracePeriodSeconds": self.grace_seconds, "graceBase": self.grace_base}
+        if self.volumes:
+            # Only when there are any: the annotation of every other Deployment stays as it was,
+            # since a changed pod template would start a native rollout.
+            data["agentVolumes"] = list(self.volumes)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_annotation(cls, text: str | None) -> Injected:
@@ -55,8 +60,10 @@ class Injected:
         if not isinstance(data, dict):
             data = {}
         ints = {k: v if isinstance(v, int) and not isinstance(v, bool) else None for k, v in data.items()}
+        volumes = data.get("agentVolumes")
+        names = tuple(v for v in volumes if isinstance(v, str)) if isinstance(volumes, list) else ()
         return cls(ints.get("preStopSeconds"), ints.get("preStopBase"),
-                   ints.get("terminationGracePeriodSeconds"), ints.get("graceBase"))
+                   ints.get("terminationGracePeriodSeconds"), ints.get("graceBase"), names)
 
 
 def _floor(current: int | None, ours_before: int | None, base_before: int | None,
@@ -235,6 +242,49 @@ def _mount_code(app: Obj, settings: Settings) -> Obj:
     return app
 
 
+def _policy_volumes(volumes: list[Obj], policy: Policy,
+                    ours_before: tuple[str, ...]) -> tuple[list[Obj], tuple[str, ...]]:
+    """The pod's volumes with the policy's agentVolumes, and the names that are ours now.
+
+    A volume we added earlier (recorded in the injected annotation) is replaced, or removed
+    when the policy no longer has it. A user's volume of the same name is kept when it is
+    the very same volume and refused otherwise: we must not mount the user's data into the
+    agent, nor drop it from their pod.
+    """
+    wanted = policy.agent_volumes()
+    wanted_names = {volume["name"] for volume in wanted}
+    out = [v for v in volumes if v.get("name") not in ours_before or v.get("name") in wanted_names]
+    ours: list[str] = []
+    for volume in wanted:
+        existing = next((v for v in out if v.get("name") == volume["name"]), None)
+        if existing is not None and volume["name"] not in ours_before:
+            if existing != volume:
+                raise Refusal(
+                    f"the pod template already has a volume named {volume['name']}, a name the cluster "
+                    "policy (agentVolumes) uses for a volume of the agent: rename yours"
+                )
+            continue  # the user's own identical volume: kept as theirs, and mounted as it is
+        out = _replace_or_append(out, volume)
+        ours.append(volume["name"])
+    return out, tuple(ours)
+
+
+def _check_policy_mounts(mounts: list[Obj], code_path: str) -> None:
+    """The policy's mounts must not overlap the code volume, whose path each Deployment chooses.
+
+    Under it they would hide releases; above it the code volume would be mounted inside
+    them (creating a directory in a hostPath on the node, or failing on a read-only one).
+    """
+    for mount in mounts:
+        path = mount["mountPath"]
+        if path == code_path or path.startswith(code_path + "/") or code_path.startswith(path + "/"):
+            raise Refusal(
+                f"the cluster policy (agentVolumeMounts) mounts volume {mount['name']} at {path}, which "
+                f"overlaps the code path {code_path}: set annotation {c.CODE_PATH} to a path that neither "
+                f"contains {path} nor lies inside it, or ask the cluster admin to move that mount"
+            )
+
+
 def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, list[str]]:
     """Return a prepared copy of an opted-in Deployment and the warnings for the user."""
     out = copy.deepcopy(deployment)
@@ -254,7 +304,10 @@ def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, li
         warnings.append("shareProcessNamespace was false; it is set to true so that the agent can "
                         "signal Puma")
     pod["shareProcessNamespace"] = True
-    pod["volumes"] = _replace_or_append(pod.get("volumes") or [], code_volume(settings, policy))
+    volumes = _replace_or_append(pod.get("volumes") or [], code_volume(settings, policy))
+    pod["volumes"], policy_volumes = _policy_volumes(volumes, policy, injected.volumes)
+    policy_mounts = policy.agent_volume_mounts()
+    _check_policy_mounts(policy_mounts, settings.code_path)
 
     containers = [ct for ct in pod.get("containers") or [] if ct.get("name") != c.AGENT_CONTAINER]
     app = next(ct for ct in containers if ct.get("name") == settings.container)
@@ -295,8 +348,9 @@ def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, li
                           None)
     fallback_release = _env_value(previous_fetch, "CFO_RELEASE_DEFAULT") or settings.release
     fallback_source = _env_value(previous_fetch, "CFO_SOURCE_DEFAULT") or settings.source
-    env = agent_env(name, settings, policy, fallback_release, fallback_source, app["name"])
-    mounts = [{"name": c.CODE_VOLUME, "mountPath": settings.code_path}]
+    # The policy's variables come after ours, which they may not name (CFO_*).
+    env = agent_env(name, settings, policy, fallback_release, fallback_source, app["name"]) + policy.agent_env()
+    mounts = [{"name": c.CODE_VOLUME, "mountPath": settings.code_path}, *policy_mounts]
     fetch = _agent_container(c.FETCH_CONTAINER, "fetch", env, mounts, policy, fetch_context)
     agent = _agent_container(c.AGENT_CONTAINER, "serve", env, mounts, policy, agent_context)
 
@@ -311,7 +365,8 @@ def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, li
         containers.append(agent)
     pod["containers"] = containers
 
-    template_annotations[c.INJECTED] = Injected(pre_stop, pre_stop_base, grace, grace_base).to_annotation()
+    template_annotations[c.INJECTED] = Injected(pre_stop, pre_stop_base, grace, grace_base,
+                                                policy_volumes).to_annotation()
     warnings += _advice(out, app)
     if privilege_warning:
         warnings.append(privilege_warning)

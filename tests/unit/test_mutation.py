@@ -11,7 +11,7 @@ import pytest
 
 import contract as c
 from webhook.mutation import mutate
-from webhook.policy import Policy
+from webhook.policy import Policy, policy_from_mapping
 from webhook.settings import Refusal, resolve, unknown_annotation_warnings
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -256,10 +256,122 @@ def test_the_apps_security_context_is_never_changed() -> None:
     assert out["securityContext"] == {"runAsGroup": 1000}
 
 
+# --- what a release source needs beyond the code volume (policy) ------------------------------
+
+AGENT_KEYS = {
+    "agentEnv": "[{name: AWS_REGION, value: eu-west-1},"
+                " {name: AWS_SECRET_ACCESS_KEY, valueFrom: {secretKeyRef: {name: reader, key: secret}}},"
+                " {name: SSL_CERT_FILE, value: /etc/cfo/ca/ca.crt}]",
+    "agentVolumes": "[{name: release-ca, configMap: {name: release-ca}},"
+                    " {name: releases, hostPath: {path: /srv/releases, type: Directory}}]",
+    "agentVolumeMounts": "[{name: release-ca, mountPath: /etc/cfo/ca, readOnly: true},"
+                         " {name: releases, mountPath: /srv/releases, readOnly: true}]",
+}
+AGENT_POLICY = policy_from_mapping(AGENT_KEYS)
+CA_VOLUME = {"name": "release-ca", "configMap": {"name": "release-ca"}}
+
+
+def ours(out: dict[str, Any]) -> list[dict[str, Any]]:
+    every = pod(out)["initContainers"] + pod(out)["containers"]
+    return [ct for ct in every if ct["name"] in (c.FETCH_CONTAINER, c.AGENT_CONTAINER)]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native sidecar", "container"])
+def test_the_policys_env_and_mounts_reach_fetch_and_the_agent_after_ours(native: bool) -> None:
+    out, _ = run(deployment(), Policy(**{**AGENT_KEYS, "nativeSidecars": native}))
+    assert len(ours(out)) == 2
+    for container in ours(out):
+        names = [e["name"] for e in container["env"]]
+        assert names[-3:] == ["AWS_REGION", "AWS_SECRET_ACCESS_KEY", "SSL_CERT_FILE"]
+        assert all(name.startswith("CFO_") for name in names[:-3])
+        assert container["env"][-2]["valueFrom"] == {"secretKeyRef": {"name": "reader", "key": "secret"}}
+        assert container["volumeMounts"] == [
+            {"name": c.CODE_VOLUME, "mountPath": "/app"},
+            {"name": "release-ca", "mountPath": "/etc/cfo/ca", "readOnly": True},
+            {"name": "releases", "mountPath": "/srv/releases", "readOnly": True},
+        ]
+
+
+def test_the_policys_volumes_join_the_pod_but_not_the_app_container() -> None:
+    out, _ = run(deployment(), AGENT_POLICY)
+    assert [v["name"] for v in pod(out)["volumes"]] == ["secrets", c.CODE_VOLUME, "release-ca", "releases"]
+    assert named(pod(out)["volumes"], "releases")["hostPath"] == {"path": "/srv/releases", "type": "Directory"}
+    puma = named(pod(out)["containers"], "puma")
+    assert [m["name"] for m in puma["volumeMounts"]] == ["secrets", c.CODE_VOLUME]
+    assert "AWS_REGION" not in {e["name"] for e in puma["env"]}
+
+
+def test_without_agent_keys_the_injected_annotation_keeps_its_old_form() -> None:
+    out, _ = run(deployment())
+    recorded = json.loads(out["spec"]["template"]["metadata"]["annotations"][c.INJECTED])
+    assert set(recorded) == {"preStopSeconds", "preStopBase", "terminationGracePeriodSeconds", "graceBase"}
+
+
+def test_a_user_volume_with_a_name_the_policy_uses_is_refused_naming_it() -> None:
+    obj = deployment()
+    pod(obj)["volumes"].append({"name": "releases", "emptyDir": {}})
+    with pytest.raises(Refusal) as err:
+        run(obj, AGENT_POLICY)
+    assert str(err.value) == ("the pod template already has a volume named releases, a name the cluster policy "
+                              "(agentVolumes) uses for a volume of the agent: rename yours")
+
+
+def test_a_user_volume_identical_to_the_policys_is_kept_as_theirs_and_not_duplicated() -> None:
+    obj = deployment()
+    pod(obj)["volumes"].append(copy.deepcopy(CA_VOLUME))
+    once, _ = run(obj, AGENT_POLICY)
+    assert [v["name"] for v in pod(once)["volumes"]].count("release-ca") == 1
+    assert run(once, AGENT_POLICY)[0] == once
+    # A policy without it leaves the user's volume where it is.
+    dropped = pod(run(once, Policy())[0])
+    assert named(dropped["volumes"], "release-ca") == CA_VOLUME
+    assert "releases" not in [v["name"] for v in dropped["volumes"]]
+
+
+def test_a_changed_policy_replaces_or_removes_the_volumes_it_added() -> None:
+    once, _ = run(deployment(), AGENT_POLICY)
+    changed = policy_from_mapping({
+        "agentVolumes": "[{name: releases, nfs: {server: nfs.internal, path: /exports}}]",
+        "agentVolumeMounts": "[{name: releases, mountPath: /srv/releases}]",
+    })
+    again, _ = run(once, changed)
+    assert [v["name"] for v in pod(again)["volumes"]] == ["secrets", c.CODE_VOLUME, "releases"]
+    assert named(pod(again)["volumes"], "releases") == {"name": "releases",
+                                                         "nfs": {"server": "nfs.internal", "path": "/exports"}}
+    assert [m["name"] for m in ours(again)[0]["volumeMounts"]] == [c.CODE_VOLUME, "releases"]
+    assert run(again, changed)[0] == again
+    back = run(again, Policy())[0]
+    assert pod(back)["volumes"] == pod(run(deployment())[0])["volumes"]
+    assert back["spec"]["template"] == run(deployment())[0]["spec"]["template"]
+
+
+@pytest.mark.parametrize(("code_path", "mount_path"), [
+    ("/srv/releases", "/srv/releases"),
+    ("/app", "/app/releases"),
+    ("/srv/releases/web", "/srv/releases"),
+], ids=["at the code path", "under the code path", "above the code path"])
+def test_a_policy_mount_overlapping_the_code_path_is_refused(code_path: str, mount_path: str) -> None:
+    policy = policy_from_mapping({"agentVolumes": "[{name: releases, emptyDir: {}}]",
+                                  "agentVolumeMounts": f"[{{name: releases, mountPath: {mount_path}}}]"})
+    with pytest.raises(Refusal) as err:
+        run(deployment(code_path=code_path), policy)
+    assert str(err.value) == (f"the cluster policy (agentVolumeMounts) mounts volume releases at {mount_path}, "
+                              f"which overlaps the code path {code_path}: set annotation {c.CODE_PATH} to a "
+                              f"path that neither contains {mount_path} nor lies inside it, or ask the cluster "
+                              "admin to move that mount")
+
+
+def test_a_policy_mount_beside_the_code_path_is_fine() -> None:
+    out, _ = run(deployment(code_path="/srv/releases-code"), AGENT_POLICY)
+    assert ours(out)[0]["volumeMounts"][0] == {"name": c.CODE_VOLUME, "mountPath": "/srv/releases-code"}
+
+
 # --- idempotence --------------------------------------------------------------------------
 
 MUTATION_VARIANTS = [
     ({}, Policy()),
+    ({}, AGENT_POLICY),
+    ({"code_path": "/srv/www"}, Policy(**{**AGENT_KEYS, "nativeSidecars": False})),
     ({"volume": "emptyDir", "code_path": "/srv"}, Policy()),
     ({}, Policy(nativeSidecars=False, preStopSleepAction=False)),
     ({"pre_stop_seconds": "0"}, Policy()),
