@@ -115,6 +115,11 @@ class ControlPlane:
     workdir: Path
     with_controller_manager: bool = True
     bin_dir: Path | None = None
+    address: str = "127.0.0.1"
+    """Where the API server listens and what it advertises; the real node needs an address its pods reach."""
+    for_node: bool = False
+    """A kubelet joins: Node authorization, kubelet client credentials, the node-lifecycle controller,
+    the ServiceAccount admission plugin, and the `kubernetes` Service's endpoint kept by the API server."""
     processes: list[_Process] = field(default_factory=list)
     api_port: int = 0
     kubeconfig: Path = field(init=False)
@@ -122,7 +127,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.address}:{self.api_port}"
 
     @property
     def kubectl_path(self) -> Path:
@@ -166,7 +171,7 @@ class ControlPlane:
             "apiserver": issue(self.ca, LeafSpec(
                 "kube-apiserver", Usage.SERVER,
                 ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-                ("127.0.0.1", "10.0.0.1")), 30, now),
+                tuple(dict.fromkeys(("127.0.0.1", "10.0.0.1", self.address)))), 30, now),
             "admin": issue(self.ca, LeafSpec("cfo-admin", Usage.CLIENT, organization="system:masters"), 30, now),
         }
         paths = {"ca.crt": pki / "ca.crt"}
@@ -217,26 +222,39 @@ class ControlPlane:
         return client_url
 
     def _start_apiserver(self, etcd_url: str, pki: dict[str, Path]) -> None:
-        self.api_port = free_port()
+        self.api_port = free_port(self.address)
         self._apiserver_args = [
             str(self.bin_dir / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
             f"--cert-dir={self.workdir / 'pki'}",
             f"--tls-cert-file={pki['apiserver.crt']}", f"--tls-private-key-file={pki['apiserver.key']}",
-            f"--secure-port={self.api_port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={self.api_port}", f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
-            "--authorization-mode=RBAC",
             f"--client-ca-file={pki['ca.crt']}",
-            f"--service-account-issuer=https://127.0.0.1:{self.api_port}/",
+            f"--service-account-issuer=https://{self.address}:{self.api_port}/",
             f"--service-account-key-file={pki['sa.pub']}",
             f"--service-account-signing-key-file={pki['sa.key']}",
-            # No controller may have created the default ServiceAccount yet when a test creates
-            # its first pod; envtest turns this plugin off for the same reason.
-            "--disable-admission-plugins=ServiceAccount",
-            "--endpoint-reconciler-type=none",
             "--profiling=false",
         ]
+        if self.for_node:
+            self._apiserver_args += [
+                # The kubelet's system:node:<name> certificate gets its rights from the Node authorizer.
+                "--authorization-mode=Node,RBAC",
+                f"--kubelet-client-certificate={pki['admin.crt']}", f"--kubelet-client-key={pki['admin.key']}",
+                f"--kubelet-certificate-authority={pki['ca.crt']}",
+                # The node's name resolves nowhere: `kubectl logs` must dial its InternalIP.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+            ]
+        else:
+            self._apiserver_args += [
+                "--authorization-mode=RBAC",
+                # No controller may have created the default ServiceAccount yet when a test creates
+                # its first pod; envtest turns this plugin off for the same reason.
+                "--disable-admission-plugins=ServiceAccount",
+                "--endpoint-reconciler-type=none",
+            ]
         apiserver = self._spawn("kube-apiserver", self._apiserver_args)
         self._pki = pki
         self.kubeconfig = self.workdir / "admin.kubeconfig"
@@ -273,11 +291,14 @@ class ControlPlane:
             "--leader-elect=false",
             f"--secure-port={free_port()}", "--bind-address=127.0.0.1",
             f"--cert-dir={self.workdir / 'kcm-certs'}",
-            # Nothing node- or cloud-bound runs here. The ephemeral-volume controller stays: it
-            # creates each pod's code-volume claim from the injected template, as on EKS.
-            "--controllers=*,-node-ipam-controller,-node-lifecycle-controller,-node-route-controller,"
-            "-cloud-node-lifecycle-controller,-service-lb-controller,-persistentvolume-attach-detach-controller,"
-            "-persistentvolume-expander-controller",
+            # Nothing cloud-bound runs. Without a kubelet nothing node-bound runs either; with one,
+            # the node-lifecycle controller must run: only it lifts a new Node's not-ready taint.
+            # The ephemeral-volume controller always runs: it creates each pod's code-volume claim
+            # from the injected template, as on EKS.
+            "--controllers=*,-node-ipam-controller,-node-route-controller,-cloud-node-lifecycle-controller,"
+            "-service-lb-controller" + ("" if self.for_node else ",-node-lifecycle-controller,"
+                                        "-persistentvolume-attach-detach-controller,"
+                                        "-persistentvolume-expander-controller"),
             "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
             "--kube-api-qps=100", "--kube-api-burst=200",
         ])

@@ -198,25 +198,31 @@ class AgentClient:
 class MotoS3:
     workdir: Path
     port: int = 0
+    host: str = "127.0.0.1"
+    """The real node's pods reach it on the bridge's address, never on loopback."""
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
     @property
     def env(self) -> dict[str, str]:
         """Standard AWS settings only: boto3 finds moto through its endpoint setting."""
-        return {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}", "AWS_ACCESS_KEY_ID": "testing",
+        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
     def start(self) -> MotoS3:
-        self.port = free_port()
+        self.port = free_port(self.host)
         moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
         log = self.workdir / "moto.log"
         with log.open("ab") as fh:
-            self.proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(self.port)], stdout=fh,
+            self.proc = subprocess.Popen([moto, "-H", self.host, "-p", str(self.port)], stdout=fh,
                                          stderr=subprocess.STDOUT, start_new_session=True)
 
         def answering() -> bool:
             with contextlib.suppress(urllib.error.HTTPError):  # any HTTP answer means it is up
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2).close()
+                urllib.request.urlopen(f"{self.url}/", timeout=2).close()
             return True
 
         wait_ready("moto_server", self.proc, answering, 30, log)

@@ -8,7 +8,8 @@ k8s_version=v1.35.4
 etcd_version=v3.6.5
 cache=${CFO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/customer-friendly-operator}
 bin="$cache/k8s-$k8s_version-etcd-$etcd_version/bin"
-wanted=(etcd kube-apiserver kube-controller-manager kubectl)
+wanted=(etcd kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler kube-proxy)
+[ "${1:-}" = --control-plane ] && wanted=(etcd kube-apiserver kube-controller-manager kubectl)
 
 missing=()
 for b in "${wanted[@]}"; do [ -x "$bin/$b" ] || missing+=("$b"); done
