@@ -1,24 +1,63 @@
-"""Safe extraction of a release archive.
+"""Safe extraction of a release archive, written by us rather than by tarfile.
 
-The checks are a pure function over member headers, so every refusal is unit-tested without
-writing a file: absolute paths, `..`, links that point outside the release, paths that pass
-through a link, device files and FIFOs, and archives larger than the cap (in bytes or
-members). Extraction then also runs with tarfile's own `data` filter as a second fence.
+Why our own extractor: tarfile's `extractall(filter=...)` does not exist before Python
+3.11.4 (Debian bookworm ships 3.11.2, where it raises TypeError), and even where it exists
+it judges each link alone, before the next one is created: a chain of links that each stay
+inside (`x -> y/..`, `y -> z/..`, `z -> w/..`, `w -> .`) reaches outside once all exist.
+tarfile is used here only to read headers and file data.
+
+Two halves:
+- `check_members` is pure. It builds the archive's final tree (every member and the
+  directories they imply), resolves every link against that whole tree (`resolve`), and
+  refuses with a one-line message naming the member: absolute paths, `..`, NUL bytes,
+  paths deeper than the limit, paths through a link or a file, names the agent reserves,
+  duplicates, device files, FIFOs and sparse files, links that leave the release or loop,
+  and archives over the caps.
+- `extract` writes only what passed, through directory file descriptors under the
+  destination, never following a link: directories first, then files (created with
+  O_EXCL | O_NOFOLLOW, mode and mtime set on the open file), then hard links, and symlinks
+  last, so no link exists while anything is written. Owners, setuid/setgid/sticky bits and
+  directory mtimes are not restored: there is no deferred pass over paths.
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
 import tarfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 REGULAR, DIRECTORY, SYMLINK, HARDLINK, OTHER = "file", "dir", "symlink", "hardlink", "other"
 
+MARKER = ".cfo-release.json"
+"""Written last into a release directory: the release is complete."""
+PREVIOUS_RECORD = ".cfo-previous"
+"""In the current release's directory: the release that was current before it."""
+RESERVED_PREFIX = ".cfo-"
+"""Top-level names starting with this are the agent's; an archive may not bring one."""
+
+MAX_LINK_HOPS = 40
+"""Links followed while resolving one path; Linux gives up (ELOOP) after 40 as well."""
+
+FILE_MODE, EXEC_MODE, DIR_MODE = 0o644, 0o755, 0o755
+
 
 class UnsafeArchive(ValueError):
     """The archive is refused; the message names the member and the rule it breaks."""
+
+
+class LinkError(ValueError):
+    """A path cannot be resolved inside the release: it leaves it ("outside"), or links loop ("loop")."""
+
+    def __init__(self, kind: str, reason: str, via: tuple[str, ...]) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.via = via
+        """The links followed, in order."""
 
 
 @dataclass(frozen=True)
@@ -29,10 +68,14 @@ class Member:
     kind: str
     size: int = 0
     linkname: str = ""
+    mode: int = FILE_MODE
+    """The header's permission bits; only "any exec bit" survives extraction."""
 
     @classmethod
     def from_tarinfo(cls, info: tarfile.TarInfo) -> Member:
-        if info.isreg():
+        if info.issparse():
+            kind = OTHER  # never needed for code, and its data layout is tarfile's business
+        elif info.isreg():
             kind = REGULAR
         elif info.isdir():
             kind = DIRECTORY
@@ -42,87 +85,354 @@ class Member:
             kind = HARDLINK
         else:
             kind = OTHER
-        return cls(info.name, kind, info.size, info.linkname)
+        return cls(info.name, kind, info.size, info.linkname, info.mode)
+
+    @property
+    def path(self) -> str:
+        """The name normalized: no `./`, no `//`, no trailing slash; "." is the release itself."""
+        return normal(self.name)
+
+    @property
+    def extracted_mode(self) -> int:
+        if self.kind == DIRECTORY:
+            return DIR_MODE
+        return EXEC_MODE if self.mode & 0o111 else FILE_MODE
 
 
 @dataclass(frozen=True)
 class Limits:
+    """What an archive may hold. One place (AgentConfig.limits) decides them for both modes."""
+
     max_bytes: int = 2 * 1024**3
-    """Largest total size of the extracted files."""
+    """Largest download, and largest total size of the extracted files."""
     max_members: int = 200_000
+    max_depth: int = 256
+    """Most path components in a member's name. Real code trees stay far below; much deeper
+    ones break tools that recurse (shutil.rmtree on 3.11, rm in some shells) and PATH_MAX."""
 
 
 DEFAULT_LIMITS = Limits()
 
 
-def _normal(name: str) -> str:
+# --- pure: names, the tree, link resolution ------------------------------------------------
+
+def normal(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
     return posixpath.normpath(name) if name else "."
 
 
-def _escapes(path: str) -> bool:
-    return path == ".." or path.startswith("../") or path.startswith("/")
+def _parents(path: str) -> Iterator[str]:
+    """The directories above a path, outermost first: `a/b/c` gives `a`, `a/b`."""
+    parts = path.split("/")
+    for depth in range(1, len(parts)):
+        yield "/".join(parts[:depth])
+
+
+def resolve(links: Mapping[str, str], path: str, max_hops: int = MAX_LINK_HOPS) -> str:
+    """Where `path` ends up in a tree whose symlinks are `links` (path -> target), walked as the
+    kernel walks it: component by component, a link's target taking its place, `..` going to
+    the parent of the directory reached so far. Paths are relative to the release root.
+
+    Returns the normalized result ("." for the root). Raises LinkError when the walk goes above
+    the root or reaches an absolute target, or after `max_hops` links (a loop). Components that
+    are not links count as directories, which can only let the walk reach more places.
+    """
+    pending = list(reversed(path.split("/")))  # a stack: the next component last
+    reached: list[str] = []
+    via: list[str] = []
+    while pending:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not reached:
+                raise LinkError("outside", "goes above the release", tuple(via))
+            reached.pop()
+            continue
+        candidate = "/".join([*reached, part])
+        target = links.get(candidate)
+        if target is None:
+            reached.append(part)
+            continue
+        via.append(candidate)
+        if len(via) > max_hops:
+            raise LinkError("loop", f"follows more than {max_hops} links", tuple(via))
+        if target.startswith("/"):
+            raise LinkError("outside", f"reaches the absolute path {target!r}", tuple(via))
+        pending.extend(reversed(target.split("/")))
+    return "/".join(reached) or "."
+
+
+def _shown(name: str) -> str:
+    """A member name for a one-line message: quoted, and shortened when it is very long."""
+    return repr(name) if len(name) <= 120 else f"{name[:60]!r}...{name[-40:]!r} ({len(name)} characters)"
+
+
+def _check_name(member: Member, limits: Limits) -> str:
+    name = member.name
+    if "\x00" in name:
+        raise UnsafeArchive(f"member {name!r} contains a NUL byte")
+    if not name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchive(f"member {name!r} has an absolute path")
+    if ".." in name.split("/"):
+        raise UnsafeArchive(f"member {name!r} contains '..'")
+    path = normal(name)
+    depth = path.count("/") + 1
+    if depth > limits.max_depth:
+        raise UnsafeArchive(f"member {_shown(name)} is {depth} directories deep; the limit is {limits.max_depth}")
+    if member.kind == OTHER:
+        raise UnsafeArchive(f"member {name!r} is a device file, FIFO, sparse or other special file")
+    if path == "." and member.kind != DIRECTORY:
+        raise UnsafeArchive(f"member {name!r} names the release directory itself but is not a directory")
+    if path.split("/", 1)[0].startswith(RESERVED_PREFIX):
+        raise UnsafeArchive(f"member {name!r} collides with the agent's own files ({RESERVED_PREFIX}* at the top "
+                            f"of a release, such as {MARKER})")
+    if member.kind in (SYMLINK, HARDLINK):
+        what = "symlink" if member.kind == SYMLINK else "hard link"
+        if "\x00" in member.linkname:
+            raise UnsafeArchive(f"{what} {name!r} has a NUL byte in its target {member.linkname!r}")
+        if not member.linkname:
+            raise UnsafeArchive(f"{what} {name!r} has an empty target")
+        if member.linkname.startswith("/"):
+            raise UnsafeArchive(f"{what} {name!r} points to the absolute path {member.linkname!r}")
+    return path
+
+
+def _check_tree(tree: Mapping[str, Member]) -> None:
+    """Judge every path and link against the final tree: all members at once, in no order."""
+    links = {path: m.linkname for path, m in tree.items() if m.kind == SYMLINK}
+    for path, member in tree.items():
+        for parent in _parents(path):
+            above = tree.get(parent)
+            if above is None or above.kind == DIRECTORY:
+                continue
+            if above.kind in (SYMLINK, HARDLINK):
+                raise UnsafeArchive(f"member {member.name!r} passes through the link {parent!r}")
+            raise UnsafeArchive(f"member {member.name!r} is inside {parent!r}, which is not a directory")
+    for path, member in tree.items():
+        if member.kind == SYMLINK:
+            try:
+                resolve(links, posixpath.join(posixpath.dirname(path), member.linkname))
+            except LinkError as err:
+                what = "points outside the release" if err.kind == "outside" else "loops"
+                chain = list(dict.fromkeys(err.via))  # a loop repeats its links: name each once
+                shown = ", ".join(map(repr, chain[:8])) + (", ..." if len(chain) > 8 else "")
+                through = f" through the links {shown}" if chain else ""
+                raise UnsafeArchive(f"symlink {member.name!r} -> {member.linkname!r} {what}: it {err.reason}"
+                                    f"{through}") from err
+        elif member.kind == HARDLINK:
+            hardlink_source(tree, path)
+
+
+def hardlink_source(tree: Mapping[str, Member], path: str) -> str:
+    """The regular file a hard link (chain) names. Tar link names are relative to the archive root."""
+    seen: list[str] = []
+    current = path
+    while tree[current].kind == HARDLINK:
+        member = tree[current]
+        target = normal(member.linkname)
+        if target == ".." or target.startswith("../") or ".." in member.linkname.split("/"):
+            raise UnsafeArchive(f"hard link {tree[path].name!r} -> {member.linkname!r} points outside the release")
+        if target in seen or len(seen) > MAX_LINK_HOPS:
+            raise UnsafeArchive(f"hard link {tree[path].name!r} -> {member.linkname!r} loops")
+        seen.append(target)
+        if target not in tree:
+            raise UnsafeArchive(f"hard link {tree[path].name!r} -> {member.linkname!r}: no such file in the archive")
+        if tree[target].kind not in (REGULAR, HARDLINK):
+            raise UnsafeArchive(f"hard link {tree[path].name!r} -> {member.linkname!r} must name a regular file")
+        current = target
+    return current
 
 
 def check_members(members: Iterable[Member], limits: Limits = DEFAULT_LIMITS) -> list[Member]:
-    """Return the members if every one is safe to extract under a release directory."""
+    """Return the members if every one is safe to extract into an empty release directory.
+
+    Every link is judged with all the others in place, so the order of members does not matter.
+    """
     checked: list[Member] = []
-    links: set[str] = set()
+    tree: dict[str, Member] = {}
     total = 0
     for member in members:
-        name = member.name
         if len(checked) >= limits.max_members:
             raise UnsafeArchive(f"archive has more than {limits.max_members} members")
-        if not name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-            raise UnsafeArchive(f"member {name!r} has an absolute path")
-        if ".." in name.split("/"):
-            raise UnsafeArchive(f"member {name!r} contains '..'")
-        if "\x00" in name:
-            raise UnsafeArchive(f"member {name!r} contains a NUL byte")
-        path = _normal(name)
-        if member.kind == OTHER:
-            raise UnsafeArchive(f"member {name!r} is a device file, FIFO or other special file")
-        parents = [path.rsplit("/", depth)[0] for depth in range(1, path.count("/") + 1)]
-        through = next((p for p in parents if p in links), None)
-        if through is not None:
-            raise UnsafeArchive(f"member {name!r} passes through the link {through!r}")
-        if member.kind == SYMLINK:
-            target = member.linkname
-            if target.startswith("/"):
-                raise UnsafeArchive(f"symlink {name!r} points to the absolute path {target!r}")
-            if _escapes(posixpath.normpath(posixpath.join(posixpath.dirname(path), target))):
-                raise UnsafeArchive(f"symlink {name!r} -> {target!r} points outside the release")
-            links.add(path)
-        elif member.kind == HARDLINK:
-            target = member.linkname
-            if target.startswith("/") or _escapes(posixpath.normpath(target)):
-                raise UnsafeArchive(f"hard link {name!r} -> {target!r} points outside the release")
-            links.add(path)
+        path = _check_name(member, limits)
+        earlier = tree.get(path)
+        if earlier is not None and not (earlier.kind == member.kind == DIRECTORY):
+            raise UnsafeArchive(f"member {member.name!r} appears twice in the archive")
+        tree[path] = member
         total += max(member.size, 0)
         if total > limits.max_bytes:
             raise UnsafeArchive(f"archive expands to more than {limits.max_bytes} bytes (the size cap)")
         checked.append(member)
+    _check_tree(tree)
     return checked
 
 
-def extract(archive: Path, destination: Path, limits: Limits = DEFAULT_LIMITS) -> int:
-    """Check every member, then extract into `destination`; returns the bytes written.
+def plan_directories(members: Iterable[Member]) -> list[str]:
+    """Every directory to create, explicit or implied by a deeper member, parents first."""
+    wanted: set[str] = set()
+    for member in members:
+        path = member.path
+        wanted.update(_parents(path))
+        if member.kind == DIRECTORY and path != ".":
+            wanted.add(path)
+    return sorted(wanted, key=lambda p: (p.count("/"), p))
 
-    Raises UnsafeArchive for a refused or unreadable archive; nothing is extracted unless
-    every member passed.
+
+# --- I/O: writing through directory descriptors ----------------------------------------------
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_CHUNK = 1 << 20
+# What reading a damaged archive raises, besides OSError (gzip's BadGzipFile is one).
+_UNREADABLE: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, zlib.error)
+try:
+    import lzma
+
+    _UNREADABLE += (lzma.LZMAError,)
+except ImportError:  # an interpreter built without lzma cannot open .tar.xz at all
+    pass
+
+
+class _Writer:
+    """Creates entries under one root descriptor. Every path component is opened with
+    O_NOFOLLOW, so nothing here can be redirected by a link, whatever is on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.open(root, _DIR_FLAGS)
+        self._cached: tuple[str, int] | None = None  # the last directory used: members come grouped
+
+    def close(self) -> None:
+        self._forget()
+        os.close(self.root)
+
+    def _forget(self) -> None:
+        if self._cached is not None:
+            os.close(self._cached[1])
+            self._cached = None
+
+    def _open(self, path: str) -> int:
+        """A new descriptor on the directory `path` (relative to the root); the caller closes it."""
+        start, rest = self.root, path
+        if self._cached is not None and path.startswith(self._cached[0] + "/"):
+            start, rest = self._cached[1], path[len(self._cached[0]) + 1:]
+        fd = os.dup(start)
+        for part in rest.split("/") if rest != "." else ():
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
+
+    def directory(self, path: str) -> int:
+        """A descriptor on the directory `path`, valid until the next call (do not close it)."""
+        if self._cached is None or self._cached[0] != path:
+            fd = self._open(path)
+            self._forget()
+            self._cached = (path, fd)
+        return self._cached[1]
+
+    def mkdir(self, path: str) -> None:
+        parent, name = posixpath.split(path)
+        parent_fd = self.directory(parent or ".")
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        os.fchmod(fd, DIR_MODE)  # on the open directory: umask-proof, and never through a link
+        self._forget()
+        self._cached = (path, fd)  # the next directory is usually inside this one
+
+    def file(self, path: str, chunks: Iterator[bytes], mode: int, mtime: float) -> None:
+        parent, name = posixpath.split(path)
+        fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=self.directory(parent or "."))
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+            out.flush()
+            os.fchmod(out.fileno(), mode)
+            if 0 <= mtime < 2**33:
+                os.utime(out.fileno(), (mtime, mtime))
+
+    def hardlink(self, path: str, source: str) -> None:
+        parent, name = posixpath.split(path)
+        source_parent, source_name = posixpath.split(source)
+        src = self._open(source_parent or ".")
+        try:
+            os.link(source_name, name, src_dir_fd=src, dst_dir_fd=self.directory(parent or "."),
+                    follow_symlinks=False)
+        finally:
+            os.close(src)
+
+    def symlink(self, path: str, target: str) -> None:
+        parent, name = posixpath.split(path)
+        os.symlink(target, name, dir_fd=self.directory(parent or "."))
+
+
+def _unreadable(err: BaseException) -> UnsafeArchive:
+    return UnsafeArchive(f"archive cannot be read: {err or type(err).__name__}")
+
+
+def _headers(tar: tarfile.TarFile, limits: Limits) -> list[tarfile.TarInfo]:
+    infos = []
+    try:
+        for info in tar:
+            infos.append(info)
+            if len(infos) > limits.max_members:
+                raise UnsafeArchive(f"archive has more than {limits.max_members} members")
+    except (*_UNREADABLE, OSError) as err:
+        raise _unreadable(err) from err
+    return infos
+
+
+def _data(tar: tarfile.TarFile, info: tarfile.TarInfo) -> Iterator[bytes]:
+    """A member's data in chunks; a damaged or truncated archive is UnsafeArchive, not OSError."""
+    try:
+        stream = tar.extractfile(info)
+        if stream is None:
+            raise UnsafeArchive(f"member {info.name!r} has no data")
+        left = info.size
+        while left > 0:
+            chunk = stream.read(min(_CHUNK, left))
+            if not chunk:
+                raise UnsafeArchive(f"member {info.name!r} is shorter than its header says (truncated archive)")
+            left -= len(chunk)
+            yield chunk
+    except (*_UNREADABLE, OSError) as err:
+        raise _unreadable(err) from err
+
+
+def extract(archive: Path, destination: Path, limits: Limits = DEFAULT_LIMITS) -> int:
+    """Check every member, then write them into the empty directory `destination`; returns the
+    bytes of file data written.
+
+    Raises UnsafeArchive for a refused or unreadable archive (before anything is written when
+    the headers are to blame), OSError when writing fails. On any error the caller removes
+    `destination`.
     """
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            infos = []
-            for info in tar:
-                infos.append(info)
-                if len(infos) > limits.max_members:
-                    raise UnsafeArchive(f"archive has more than {limits.max_members} members")
-            check_members((Member.from_tarinfo(i) for i in infos), limits)
-            tar.extractall(destination, members=infos, filter="data")
-            return sum(i.size for i in infos if i.isreg())
-    except (tarfile.TarError, EOFError, OSError) as err:
-        if isinstance(err, tarfile.FilterError):
-            raise UnsafeArchive(f"refused by tarfile's data filter: {err}") from err
-        raise UnsafeArchive(f"archive cannot be read: {err}") from err
+        tar = tarfile.open(archive, "r:*")  # noqa: SIM115  # closed by `with tar` below
+    except (*_UNREADABLE, OSError) as err:
+        raise _unreadable(err) from err
+    with tar:
+        infos = _headers(tar, limits)
+        members = check_members([Member.from_tarinfo(i) for i in infos], limits)
+        tree = {m.path: m for m in members}
+        writer = _Writer(destination)
+        try:
+            for path in plan_directories(members):
+                writer.mkdir(path)
+            written = 0
+            for info, member in zip(infos, members, strict=True):  # archive order: the data streams forward
+                if member.kind == REGULAR:
+                    writer.file(member.path, _data(tar, info), member.extracted_mode, float(info.mtime))
+                    written += info.size
+            for member in members:
+                if member.kind == HARDLINK:
+                    writer.hardlink(member.path, hardlink_source(tree, member.path))
+            for member in members:  # last: no link exists while anything else is written
+                if member.kind == SYMLINK:
+                    writer.symlink(member.path, member.linkname)
+            return written
+        finally:
+            writer.close()
