@@ -29,17 +29,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    """Messages end up in `kubectl describe pod` (the termination message): keep them to one line."""
+    return " ".join(text.split())
+
+
 def fetch_command(config: AgentConfig) -> int:
+    """The init container. Any failure is one line on stderr and exit 1: a refused archive, a
+    failed download, a full volume, and also our own bugs (their traceback at debug level)."""
     if not config.release or not config.source:
         print("cfo-agent fetch: no release or source (CFO_RELEASE[_DEFAULT], CFO_SOURCE[_DEFAULT])", file=sys.stderr)
         return 2
     layout = Layout(config.code_path)
     try:
-        install(layout, config.release, config.source, require_sha256=config.require_sha256)
+        install(layout, config.release, config.source, require_sha256=config.require_sha256,
+                limits=config.limits)
         switch(layout, config.release)
         prune(layout, config.keep_releases)
-    except ReleaseError as err:
-        print(f"cfo-agent fetch: {err}", file=sys.stderr)
+    except (ReleaseError, OSError, ValueError) as err:
+        print(f"cfo-agent fetch: {one_line(str(err))}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        logging.getLogger(__name__).debug("fetch failed", exc_info=True)
+        print(f"cfo-agent fetch: internal error: {one_line(f'{type(err).__name__}: {err}')}", file=sys.stderr)
         return 1
     print(f"release {config.release} is current in {config.code_path}")
     return 0
@@ -71,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "status":
         return status_command(args)
-    config = AgentConfig.resolve(args)
+    try:
+        config = AgentConfig.resolve(args)
+    except (ValueError, OSError) as err:  # a bad number in a setting, an unreadable CA file
+        print(f"cfo-agent {args.command}: bad setting: {one_line(str(err))}", file=sys.stderr)
+        return 2
     return fetch_command(config) if args.command == "fetch" else serve_command(config)
 
 

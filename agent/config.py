@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.archive import Limits
+
 # Every setting: (env name, flag, default, help). The webhook injects the CFO_* names.
 SETTINGS: list[tuple[str, str, str | None, str]] = [
     ("CFO_CODE_PATH", "--code-path", "/app", "code volume mount (releases/, current, previous)"),
@@ -60,6 +62,12 @@ class AgentConfig:
     puma_config: Path
     restart_deadline: float
     process_pidfile: Path | None = None
+
+    @property
+    def limits(self) -> Limits:
+        """What a release archive may hold: the one place both `fetch` and `serve` take it from,
+        so the init container and the sidecar never accept different archives."""
+        return Limits(max_bytes=self.max_archive_bytes)
 
     @classmethod
     def resolve(cls, args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:

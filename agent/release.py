@@ -3,10 +3,17 @@
     <code>/releases/<id>/      one directory per complete, verified release
     <code>/releases/.<id>.partial   extraction in progress (never served, removed on failure)
     <code>/current  -> releases/<id>   what Puma serves (relative, so any mount path works)
-    <code>/previous -> releases/<id>   what `rollback` returns to
+    <code>/previous -> releases/<id>   what `rollback` returns to (a copy, for people)
+    <code>/releases/<id>/.cfo-previous  the release that was current before <id>
 
 The serving release is never touched until the new one is complete on disk: a release is
 extracted beside it, renamed into place, and only then is `current` swapped by rename.
+
+Why `.cfo-previous`: moving `current` and `previous` takes two renames, and a crash between
+them would leave `previous` naming the wrong release. So the previous release is recorded in
+the new release's directory *before* `current` moves, and read back through `current`: the
+one rename of `current` switches both at once. The `previous` link is refreshed after it, for
+people and older tools; the agent reads it only on volumes laid out before the record existed.
 """
 
 from __future__ import annotations
@@ -16,19 +23,18 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.archive import DEFAULT_LIMITS, Limits, extract
+from agent.archive import DEFAULT_LIMITS, MARKER, PREVIOUS_RECORD, Limits, UnsafeArchive, extract
 from agent.fetch import FetchError, fetch, fetch_optional_text
+from agent.tree import remove_tree
 from contract import RELEASE_PLACEHOLDER, is_release_id
 
 logger = logging.getLogger(__name__)
 
-MARKER = ".cfo-release.json"
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -58,6 +64,9 @@ class Layout:
     def partial_dir(self, release: str) -> Path:
         return self.releases / f".{release}.partial"
 
+    def previous_record(self, release: str) -> Path:
+        return self.release_dir(release) / PREVIOUS_RECORD
+
 
 def source_url(template: str, release: str) -> str:
     if not is_release_id(release):
@@ -75,20 +84,48 @@ def parse_sha256_file(text: str) -> str:
     return token.lower()
 
 
-def _link_target(link: Path) -> str | None:
+def _read_link(link: Path) -> str | None:
     try:
-        target = os.readlink(link)
-    except (FileNotFoundError, OSError):
+        return os.readlink(link)
+    except OSError:  # missing, or not a link
         return None
-    return Path(target).name
+
+
+def _release_of(target: str | None) -> str | None:
+    return Path(target).name if target else None
 
 
 def current_release(layout: Layout) -> str | None:
-    return _link_target(layout.current)
+    return _release_of(_read_link(layout.current))
 
 
 def previous_release(layout: Layout) -> str | None:
-    return _link_target(layout.previous)
+    """Read through `current` (see the module docstring); the `previous` link only as a fallback."""
+    current = current_release(layout)
+    if current is not None:
+        try:
+            recorded = layout.previous_record(current).read_text().strip()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return None
+        else:
+            return recorded if is_release_id(recorded) else None
+    return _release_of(_read_link(layout.previous))
+
+
+@dataclass(frozen=True)
+class Links:
+    """What `current` and `previous` said before a switch, to put them back exactly."""
+
+    current: str | None
+    """The raw target of the `current` link (None: there was none)."""
+    previous: str | None
+    """The raw target of the `previous` link."""
+
+
+def links(layout: Layout) -> Links:
+    return Links(_read_link(layout.current), _read_link(layout.previous))
 
 
 def is_installed(layout: Layout, release: str) -> bool:
@@ -112,7 +149,7 @@ def install(layout: Layout, release: str, source_template: str, *, require_sha25
     url = source_url(source_template, release)
     layout.releases.mkdir(parents=True, exist_ok=True)
     partial = layout.partial_dir(release)
-    shutil.rmtree(partial, ignore_errors=True)
+    _remove_quietly(partial)
     with tempfile.TemporaryDirectory(dir=layout.root, prefix=".download-") as tmp:
         archive = Path(tmp) / "release.tar.gz"
         try:
@@ -130,22 +167,52 @@ def install(layout: Layout, release: str, source_template: str, *, require_sha25
         try:
             partial.mkdir()
             size = extract(archive, partial, limits)
-            (partial / MARKER).write_text(json.dumps(
+            _write_new(partial / MARKER, json.dumps(
                 {"release": release, "source": url, "sha256": digest, "verified": expected_text is not None,
                  "bytes": size, "installedAt": time.time()}))
             target = layout.release_dir(release)
-            if target.exists():  # an unmarked leftover of an interrupted install
-                shutil.rmtree(target)
+            remove_tree(target)  # an unmarked leftover of an interrupted install, if any
             partial.rename(target)
+        except UnsafeArchive as err:
+            _remove_quietly(partial)
+            raise ReleaseError(f"release {release} refused: {err}") from err
+        except OSError as err:
+            _remove_quietly(partial)
+            raise ReleaseError(f"cannot install release {release} into {layout.releases}: {err}") from err
         except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
+            _remove_quietly(partial)
             raise
     logger.info("installed release %s (%d bytes, sha256 %s)", release, size, digest[:12])
     return True
 
 
-def _swap_link(link: Path, target: str) -> None:
-    """Point `link` at `target` atomically: a new link, renamed over the old one."""
+def _remove_quietly(path: Path) -> None:
+    try:
+        remove_tree(path)
+    except OSError as err:
+        logger.warning("could not remove %s: %s", path, err)
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write a file that must not exist yet, never through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Replace a small file atomically: a new file beside it, renamed over it."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    _write_new(tmp, text)
+    os.replace(tmp, path)
+
+
+def _swap_link(link: Path, target: str | None) -> None:
+    """Point `link` at `target` atomically: a new link, renamed over the old one (None removes it)."""
+    if target is None:
+        link.unlink(missing_ok=True)
+        return
     tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(target)
@@ -153,16 +220,31 @@ def _swap_link(link: Path, target: str) -> None:
 
 
 def switch(layout: Layout, release: str) -> str | None:
-    """Make `release` current; returns the release it replaced, now `previous`."""
+    """Make `release` current; returns the release it replaced, now `previous`.
+
+    The record of the previous release is written first, then `current` is renamed into place:
+    that rename is the one step that switches both.
+    """
     if not is_installed(layout, release):
         raise ReleaseError(f"release {release} is not installed")
     replaced = current_release(layout)
     if replaced == release:
         return previous_release(layout)
+    _replace_file(layout.previous_record(release), f"{replaced or ''}\n")
     _swap_link(layout.current, f"releases/{release}")
-    if replaced is not None:
-        _swap_link(layout.previous, f"releases/{replaced}")
+    _swap_link(layout.previous, f"releases/{replaced}" if replaced else None)
     return replaced
+
+
+def restore(layout: Layout, before: Links) -> None:
+    """Put `current` and `previous` back exactly as `links()` found them.
+
+    The release that becomes current again still holds its own record of its previous release
+    (only the record of the release switched to was written), so after the rename of `current`
+    the agent reads exactly the previous release it read before.
+    """
+    _swap_link(layout.current, before.current)
+    _swap_link(layout.previous, before.previous)
 
 
 def prune(layout: Layout, keep: int) -> list[str]:
@@ -173,6 +255,10 @@ def prune(layout: Layout, keep: int) -> list[str]:
     removed = []
     for directory in marked[keep:]:
         if directory.name not in protected:
-            shutil.rmtree(directory, ignore_errors=True)
+            try:
+                remove_tree(directory)
+            except OSError as err:
+                logger.warning("could not prune release %s: %s", directory.name, err)
+                continue
             removed.append(directory.name)
     return removed

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from agent.release import Layout, ReleaseError, current_release, install, is_installed, prune, switch
+from agent.archive import Limits
+from agent.release import (
+    Layout,
+    ReleaseError,
+    current_release,
+    install,
+    is_installed,
+    links,
+    previous_release,
+    prune,
+    restore,
+    switch,
+)
 from tests.harness.puma_app import publish, release_archive
 
 
@@ -82,3 +95,99 @@ def test_prune_keeps_the_newest_and_never_current_or_previous(layout: Layout, so
     switch(layout, "v4")
     assert prune(layout, keep=1) == ["v3"]
     assert sorted(p.name for p in layout.releases.iterdir()) == ["v1", "v2", "v4"]
+
+
+# --- the switch of current and previous as one step ------------------------------------------
+
+def test_previous_is_recorded_before_current_moves_so_one_rename_switches_both(layout: Layout, source: str) -> None:
+    for release in ("v1", "v2"):
+        install(layout, release, source)
+        switch(layout, release)
+    assert (layout.release_dir("v2") / ".cfo-previous").read_text().strip() == "v1"
+    # A crash after the rename of `current`, before the `previous` link was refreshed:
+    layout.previous.unlink()
+    layout.previous.symlink_to("releases/v9")
+    assert (current_release(layout), previous_release(layout)) == ("v2", "v1")
+
+
+def test_a_crash_before_current_moves_leaves_both_as_they_were(layout: Layout, source: str) -> None:
+    for release in ("v1", "v2", "v3"):
+        install(layout, release, source)
+    switch(layout, "v1")
+    switch(layout, "v2")
+    # The record of v3 is written, then the agent dies before renaming `current`:
+    (layout.release_dir("v3") / ".cfo-previous").write_text("v2\n")
+    assert (current_release(layout), previous_release(layout)) == ("v2", "v1")
+
+
+def test_restore_puts_back_exactly_what_was_there(layout: Layout, source: str) -> None:
+    for release in ("v1", "v2", "v3"):
+        install(layout, release, source)
+    switch(layout, "v1")
+    switch(layout, "v2")
+    before, read_before = links(layout), (current_release(layout), previous_release(layout))
+    switch(layout, "v3")
+    assert (current_release(layout), previous_release(layout)) == ("v3", "v2")
+    restore(layout, before)
+    assert links(layout) == before and (current_release(layout), previous_release(layout)) == read_before
+    assert read_before == ("v2", "v1")
+
+
+def test_restore_of_the_first_release_removes_previous(layout: Layout, source: str) -> None:
+    for release in ("v1", "v2"):
+        install(layout, release, source)
+    switch(layout, "v1")
+    before = links(layout)
+    switch(layout, "v2")
+    restore(layout, before)
+    assert before.previous is None and not layout.previous.is_symlink()
+    assert (current_release(layout), previous_release(layout)) == ("v1", None)
+
+
+def test_a_volume_from_before_the_record_reads_the_previous_link(layout: Layout, source: str) -> None:
+    for release in ("v1", "v2"):
+        install(layout, release, source)
+    layout.current.symlink_to("releases/v2")
+    layout.previous.symlink_to("releases/v1")
+    assert previous_release(layout) == "v1"
+
+
+# --- deep trees --------------------------------------------------------------------------------
+
+def deep_member(levels: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo("d/" * levels + "leaf.txt")
+    info.size = 4
+    return info
+
+
+def test_a_release_deeper_than_the_limit_is_refused_up_front(layout: Layout, tmp_path: Path) -> None:
+    publish(tmp_path / "deep", "deep", release_archive("deep", extra=[deep_member(1000)]))
+    with pytest.raises(ReleaseError, match=r"release deep refused: member 'd/d/.*leaf.txt' .* is 1001 directories "
+                                           r"deep; the limit is 256") as caught:
+        install(layout, "deep", f"file://{tmp_path / 'deep'}/{{release}}.tar.gz")
+    assert "\n" not in str(caught.value)
+    assert sorted(p.name for p in layout.releases.iterdir()) == []
+
+
+def test_a_deep_release_the_limits_admit_installs_and_is_pruned(layout: Layout, source: str, tmp_path: Path) -> None:
+    publish(tmp_path / "deep", "deep", release_archive("deep", extra=[deep_member(1000)]))
+    limits = Limits(max_depth=1100)
+    assert install(layout, "deep", f"file://{tmp_path / 'deep'}/{{release}}.tar.gz", limits=limits)
+    assert (layout.release_dir("deep") / ("d/" * 1000 + "leaf.txt")).read_bytes() == b"xxxx"
+    switch(layout, "deep")
+    for release in ("v1", "v2"):
+        install(layout, release, source)
+        switch(layout, release)
+    assert prune(layout, keep=0) == ["deep"]  # shutil.rmtree would raise RecursionError on 3.11
+    assert sorted(p.name for p in layout.releases.iterdir()) == ["v1", "v2"]
+
+
+def test_a_deep_partial_extraction_is_cleaned_up(layout: Layout, tmp_path: Path) -> None:
+    """Writing fails once 1,000 directories exist (a name longer than the filesystem allows):
+    the partial directory still goes, so the next attempt starts clean."""
+    too_long = tarfile.TarInfo("d/" * 1000 + "n" * 300)
+    too_long.size = 1
+    publish(tmp_path / "deep", "deep", release_archive("deep", extra=[deep_member(1000), too_long]))
+    with pytest.raises(ReleaseError, match=r"cannot install release deep .*File name too long"):
+        install(layout, "deep", f"file://{tmp_path / 'deep'}/{{release}}.tar.gz", limits=Limits(max_depth=1100))
+    assert sorted(p.name for p in layout.releases.iterdir()) == []
