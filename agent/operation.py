@@ -1,8 +1,16 @@
 """One release operation at a time: fetch, verify, extract, switch `current`, signal, watch.
 
 The order is what makes it safe: the new release is complete on disk, and Puma has been
-checked able to do the restart asked for, before `current` moves. A second request while
-one runs gets "busy"; the same request again is not a second operation.
+checked able to do the restart asked for (its mode, and the kernel's permission to signal
+it), before `current` moves. A second request while one runs gets "busy"; the same request
+again is not a second operation.
+
+A failure after `current` moved undoes the move: `current` and `previous` are put back
+exactly, and a Puma that was already signalled is signalled again in the same mode, so it
+restarts on the old release (a phased restart re-resolves `directory` when each phase
+starts: the crash-looping slot of a stalled phase then boots the old code). The status says
+`failed`, with `reverted` and `puma_restored`; a later request for the release that is
+current again is then a no-op, so the controller's rollback does not restart Puma once more.
 """
 
 from __future__ import annotations
@@ -11,12 +19,23 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent import puma, worker
-from agent.archive import Limits
 from agent.config import AgentConfig
-from agent.release import Layout, ReleaseError, current_release, install, previous_release, prune, switch
+from agent.release import (
+    Layout,
+    Links,
+    ReleaseError,
+    current_release,
+    install,
+    links,
+    previous_release,
+    prune,
+    restore,
+    switch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +58,38 @@ class Status:
     puma: dict[str, Any] = field(default_factory=dict)
     steps: list[str] = field(default_factory=list)
     """What a drain or signal restart did, in order."""
+    reverted: bool | None = None
+    """After a failure: True when `current` and `previous` were put back as they were, False when
+    that failed, None when they had not moved."""
+    puma_restored: bool | None = None
+    """After a failure: True when the signalled process was restarted on the old release again,
+    False when it could not be (or is not the agent's to restart), None when it was never signalled."""
+
+
+def settled(status: Status, current: str | None, release: str) -> bool:
+    """Whether a request for `release` has nothing to do. Pure.
+
+    True when `release` is current and the last operation left the processes serving it: it
+    finished, or it failed and everything it touched was put back (or it never touched anything).
+    """
+    if current != release:
+        return False
+    if status.state in (DONE, IDLE):
+        return status.target in (None, release)
+    if status.state == FAILED:
+        return status.target != release and status.reverted is not False and status.puma_restored is not False
+    return False
+
+
+@dataclass
+class Attempt:
+    """What an operation has changed so far: what a failure must undo."""
+
+    before: Links | None = None
+    """The links as they were, once `current` is about to move."""
+    view: puma.PumaView | None = None
+    mode: str | None = None
+    signalled: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,7 +109,7 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.layout = Layout(config.code_path)
-        self.limits = Limits(max_bytes=config.max_archive_bytes)
+        self.limits = config.limits
         self._lock = threading.Lock()
         self._status = Status()
         self._thread: threading.Thread | None = None
@@ -94,8 +145,11 @@ class Agent:
                 if state.target == request.release:
                     return False
                 raise Busy(f"busy: {state.state} release {state.target}")
-            if state.state in (DONE, IDLE) and current_release(self.layout) == request.release \
-                    and state.target in (None, request.release):
+            if settled(state, current_release(self.layout), request.release):
+                if state.state == FAILED:  # after a revert: the controller's rollback finds it done
+                    self._status = Status(state=DONE, target=request.release, finished_at=time.time(),
+                                          note=f"release {request.release} is current again after the failed "
+                                               f"release {state.target}: nothing to do")
                 return False
             self._status = Status(state=FETCHING, target=request.release, restart=request.restart,
                                   started_at=time.time())
@@ -129,20 +183,23 @@ class Agent:
                 setattr(self._status, key, value)
 
     def _run(self, request: Request, rollback: bool = False) -> None:
+        attempt = Attempt()
+        deadline = request.deadline_seconds or self.config.restart_deadline
         try:
             if not rollback:
                 install(self.layout, request.release, request.source, require_sha256=self.config.require_sha256,
                         limits=self.limits)
-            deadline = request.deadline_seconds or self.config.restart_deadline
             if request.restart in ("phased", "hot"):
                 view = puma.locate(self.config.puma_pidfile)
                 mode = self._restart_mode(view, request)
+                puma.check_can_signal(view.master.pid, "Puma")
                 self._update(state=RESTARTING, restart=mode)
-                switch(self.layout, request.release)
-                self._restart(view, mode, deadline)
+                attempt.view, attempt.mode = view, mode
+                self._switch(request.release, attempt)
+                self._restart(view, mode, deadline, attempt=attempt)
             else:
                 mode = request.restart
-                self._restart_process(request, deadline)
+                self._restart_process(request, deadline, attempt)
             removed = prune(self.layout, self.config.keep_releases)
             if removed:
                 logger.info("pruned releases %s", ", ".join(removed))
@@ -150,19 +207,66 @@ class Agent:
             logger.info("release %s served by every worker (%s restart)", request.release, mode)
         except (ReleaseError, puma.PumaError, OSError, ValueError) as err:
             logger.warning("release %s failed: %s", request.release, err)
-            self._update(state=FAILED, error=str(err), finished_at=time.time())
+            self._fail(str(err), attempt, deadline)
         except Exception as err:  # never leave the state machine stuck in a running state
             logger.exception("release %s failed unexpectedly", request.release)
-            self._update(state=FAILED, error=f"internal error: {err}", finished_at=time.time())
+            self._fail(f"internal error: {err}", attempt, deadline)
 
-    def _restart_process(self, request: Request, deadline: float) -> None:
-        """drain or signal:<NAME>: the process is found before `current` moves, or nothing moves."""
+    def _switch(self, release: str, attempt: Attempt) -> None:
+        attempt.before = links(self.layout)
+        switch(self.layout, release)
+
+    def _fail(self, error: str, attempt: Attempt, deadline: float) -> None:
+        """Undo what the attempt changed, then report the failure: nothing is left half-moved."""
+        changes: dict[str, Any] = {}
+        if attempt.before is not None:
+            old = Path(attempt.before.current).name if attempt.before.current else "none"
+            self._update(note=f"failed: {error}; restoring release {old}")
+            try:
+                restore(self.layout, attempt.before)
+                changes["reverted"] = True
+            except OSError as err:
+                logger.error("could not restore current and previous: %s", err)
+                changes["reverted"] = False
+                error += f"; current and previous could not be restored: {err}"
+        if attempt.signalled:
+            if changes.get("reverted"):
+                changes["puma_restored"], outcome = self._bring_back(attempt, deadline)
+            else:
+                changes["puma_restored"], outcome = False, "not restarted back: the links could not be restored"
+            error += f"; {outcome}"
+        elif changes.get("reverted"):
+            error += "; current and previous restored (nothing had been signalled)"
+        self._update(state=FAILED, error=error, note=None, finished_at=time.time(), **changes)
+
+    def _bring_back(self, attempt: Attempt, deadline: float) -> tuple[bool, str]:
+        """Signal the process again, now that `current` is the old release, and wait for it."""
+        view, mode = attempt.view, attempt.mode
+        if view is None or mode not in puma.SIGNALS:
+            return False, ("current and previous restored; the process was signalled on the new release and is "
+                           "not restarted back by the agent: ask for the current release again to restart it")
+        latest = puma.find_puma(puma.read_processes(), view.master.pid)
+        if latest is None:
+            return False, f"current and previous restored; Puma (pid {view.master.pid}) is gone"
+        try:
+            self._restart(latest, mode, deadline, expected=len(view.workers))
+        except puma.PumaError as err:
+            logger.error("could not bring Puma back to the old release: %s", err)
+            return False, f"current and previous restored, but Puma could not be brought back: {err}"
+        logger.info("Puma is back on the old release (%s restart)", mode)
+        return True, f"current and previous restored, and Puma restarted on the old release ({mode} restart)"
+
+    def _restart_process(self, request: Request, deadline: float, attempt: Attempt) -> None:
+        """drain or signal:<NAME>: the process is found, and can be signalled, before `current`
+        moves, or nothing moves."""
         target = worker.Target(request.process, self.config.process_pidfile)
-        worker.locate(target, puma.read_processes)
+        process = worker.locate(target, puma.read_processes)
+        puma.check_can_signal(process.pid, worker.describe(target))
         self._update(state=RESTARTING, restart=request.restart)
-        switch(self.layout, request.release)
+        self._switch(request.release, attempt)
 
         def progress(text: str) -> None:
+            attempt.signalled = True  # every step is reported after a signal was sent
             with self._lock:
                 self._status.note = text
                 self._status.steps.append(text)
@@ -192,11 +296,18 @@ class Agent:
         self._update(note=f"hot restart instead of phased: {reason}")
         return "hot"
 
-    def _restart(self, view: puma.PumaView, mode: str, deadline_seconds: float) -> None:
-        expected = len(view.workers)
+    def _restart(self, view: puma.PumaView, mode: str, deadline_seconds: float, expected: int | None = None,
+                 attempt: Attempt | None = None) -> None:
+        """Signal, then watch until every worker slot runs a process started after the signal.
+
+        `expected` is the number of workers when all are up (a stalled restart shows fewer).
+        """
+        expected = len(view.workers) if expected is None else expected
         stats_before = self._stats()
         ticks = puma.boot_ticks_now()
         puma.send(view, mode)
+        if attempt is not None:
+            attempt.signalled = True
         started = time.monotonic()
         deadline = started + deadline_seconds
         latest: puma.PumaView | None = view

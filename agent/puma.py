@@ -62,6 +62,11 @@ def parse_stat(text: str) -> tuple[int, int]:
     return int(rest[1]), int(rest[19])
 
 
+def stat_state(text: str) -> str:
+    """The state letter of a /proc/<pid>/stat line: R, S, D, T, Z (zombie), X (dead)..."""
+    return text[text.rindex(")") + 2:].split(maxsplit=1)[0]
+
+
 def parse_cmdline(raw: bytes) -> str:
     return raw.replace(b"\0", b" ").decode("utf-8", errors="replace").strip()
 
@@ -129,6 +134,24 @@ class Stats:
         return self.phase > phase_before and self.old_workers == 0 and self.booted_workers == self.workers
 
 
+def parse_status_uids(text: str) -> tuple[int, int, int] | None:
+    """(real, effective, saved) uid from a /proc/<pid>/status text, or None."""
+    for line in text.splitlines():
+        if line.startswith("Uid:"):
+            fields = line.split()[1:4]
+            if len(fields) == 3 and all(f.isdigit() for f in fields):
+                return int(fields[0]), int(fields[1]), int(fields[2])
+    return None
+
+
+def signal_refused_message(what: str, pid: int, target_uid: int | None, agent_uid: int) -> str:
+    """Why the kernel will not let the agent signal `pid`, and what fixes it. Pure."""
+    runs_as = f"runs as uid {target_uid}" if target_uid is not None else "runs as another user"
+    fix = f"run the agent as uid {target_uid}" if target_uid is not None else "run the agent as the app's user"
+    return (f"not allowed to signal {what} (pid {pid}): it {runs_as}, the agent as uid {agent_uid} without an "
+            f"effective CAP_KILL; {fix} (a capability added to a non-root container is not effective)")
+
+
 # --- I/O ----------------------------------------------------------------------------------
 
 def read_processes(proc: Path = Path("/proc")) -> list[Process]:
@@ -137,7 +160,10 @@ def read_processes(proc: Path = Path("/proc")) -> list[Process]:
         if not entry.name.isdigit():
             continue
         try:
-            ppid, start = parse_stat((entry / "stat").read_text())
+            stat = (entry / "stat").read_text()
+            if stat_state(stat) in ("Z", "X"):
+                continue  # exited, not yet reaped by its parent: it will never take a signal again
+            ppid, start = parse_stat(stat)
             title = parse_cmdline((entry / "cmdline").read_bytes())
         except (OSError, ValueError, IndexError):
             continue  # exited while we looked, or not ours to read
@@ -165,12 +191,32 @@ def locate(pidfile: Path | None = None, proc: Path = Path("/proc")) -> PumaView:
     return view
 
 
+def process_uid(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """The real uid of a process (the one the kernel's kill permission check compares)."""
+    try:
+        uids = parse_status_uids((proc / str(pid) / "status").read_text())
+    except OSError:
+        return None
+    return uids[0] if uids else None
+
+
+def check_can_signal(pid: int, what: str = "Puma") -> None:
+    """Ask the kernel, with signal 0, whether a signal to `pid` would be allowed: checked before
+    `current` moves, so that a release the agent cannot complete changes nothing."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError as err:
+        raise PumaError(signal_refused_message(what, pid, process_uid(pid), os.geteuid())) from err
+    except ProcessLookupError as err:
+        raise PumaError(f"{what} (pid {pid}) exited") from err
+
+
 def send(view: PumaView, mode: str) -> None:
     try:
         os.kill(view.master.pid, SIGNALS[mode])
     except PermissionError as err:
-        raise PumaError(f"not allowed to signal Puma (pid {view.master.pid}): run the agent as the app's "
-                        "user or give it CAP_KILL") from err
+        raise PumaError(signal_refused_message("Puma", view.master.pid, process_uid(view.master.pid),
+                                               os.geteuid())) from err
     except ProcessLookupError as err:
         raise PumaError(f"Puma (pid {view.master.pid}) exited before it could be signalled") from err
 

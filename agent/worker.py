@@ -87,8 +87,8 @@ def _send(process: puma.Process, sig: signal.Signals) -> None:
     try:
         os.kill(process.pid, sig)
     except PermissionError as err:
-        raise puma.PumaError(f"not allowed to signal pid {process.pid}: run the agent as the app's user or give "
-                             "it CAP_KILL") from err
+        raise puma.PumaError(puma.signal_refused_message("the process", process.pid,
+                                                         puma.process_uid(process.pid), os.geteuid())) from err
     except ProcessLookupError:
         pass
 

@@ -158,25 +158,39 @@ def test_a_rollback_under_load_drops_nothing(pod: Pod) -> None:
     assert {s.body for s in load.samples if s.sent_at > finished + 0.2} == {"v1"}
 
 
-def test_a_release_that_cannot_boot_fails_within_the_deadline_and_a_rollback_heals(pod: Pod) -> None:
+def test_a_release_that_cannot_boot_is_undone_by_the_agent_and_the_rollback_restarts_nothing(pod: Pod) -> None:
+    pod.client.call("POST", "/v1/release", {"release": "v2", "source": pod.source})
+    assert pod.client.wait()["state"] == "done"
+    links = {name: os.readlink(pod.code / name) for name in ("current", "previous")}
+    assert links == {"current": "releases/v2", "previous": "releases/v1"}
     load = Load("127.0.0.1", pod.puma.port, rate=RATE).start()
     time.sleep(1)
     code, _ = pod.client.call("POST", "/v1/release", {"release": "broken", "source": pod.source,
-                                                      "deadlineSeconds": 8})
+                                                      "deadlineSeconds": 10})
     assert code == 202
-    failed = pod.client.wait(timeout=30)
-    assert failed["state"] == "failed"
-    assert "restart not done after 8s" in failed["error"]
-    assert "the old workers keep serving" in failed["error"]
-    pod.client.call("POST", "/v1/rollback", {"restart": "phased"})
-    healed = pod.client.wait(timeout=30)
-    time.sleep(1)
+    failed = pod.client.wait(timeout=60)
+    finished = time.monotonic()
+    assert failed["state"] == "failed", failed
+    assert "restart not done after 10s" in failed["error"]
+    assert "Puma restarted on the old release (phased restart)" in failed["error"]
+    assert (failed["reverted"], failed["puma_restored"]) == (True, True)
+    assert (failed["release"], failed["previous"]) == ("v2", "v1")
+    assert {name: os.readlink(pod.code / name) for name in ("current", "previous")} == links
+    stats = pod.puma.stats()
+    assert stats["booted_workers"] == 2 and stats["old_workers"] == 0 and stats["phase"] == 3
+    workers = pod.puma.worker_pids()
+
+    # The controller's rollback asks this pod for v2 again: nothing to do, Puma is not signalled.
+    code, again = pod.client.call("POST", "/v1/release", {"release": "v2", "source": pod.source})
+    assert code == 200 and again["state"] == "done" and again["target"] == "v2" and again["release"] == "v2"
+    assert again["asked"] == {"v2": 2, "broken": 1}
+    time.sleep(1.5)
     load.stop()
-    print(f"\n[broken release + rollback] sent={len(load.samples)} failed={len(load.failures())} "
+    print(f"\n[broken release undone by the agent] sent={len(load.samples)} failed={len(load.failures())} "
           f"p99={Load.p99(load.samples) * 1000:.1f}ms")
-    assert healed["state"] == "done" and healed["release"] == "v1"
     assert load.failures() == []
-    assert pod.puma.stats()["booted_workers"] == 2
+    assert {s.body for s in load.samples if s.sent_at > finished + 0.2} == {"v2"}
+    assert pod.puma.worker_pids() == workers and pod.puma.stats()["phase"] == 3
 
 
 def bad_archive_with(member: tarfile.TarInfo) -> bytes:

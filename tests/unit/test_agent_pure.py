@@ -15,6 +15,7 @@ from agent.puma import (
     parse_stat,
     preload_in_config,
     restarted_since,
+    stat_state,
     summarize_log,
 )
 from agent.release import ReleaseError, parse_sha256_file, source_url
@@ -27,6 +28,14 @@ TABLE = [Process(p["pid"], p["ppid"], p["start"], p["title"]) for p in DATA["pro
 @pytest.mark.parametrize("case", DATA["stat_lines"], ids=lambda c: c["line"][:20])
 def test_stat_lines_give_parent_and_start_time_even_with_odd_command_names(case: dict) -> None:
     assert parse_stat(case["line"]) == (case["ppid"], case["start"])
+
+
+@pytest.mark.parametrize(("line", "state"), [
+    (DATA["stat_lines"][1]["line"], "S"),
+    ("4300 (puma: cluster worker 1: 4242 [app) Z) Z 4242 4242 4242 0 -1 4194368 9 0 0 0 1 0 0 0 20 0 8 0 99001", "Z"),
+])
+def test_the_state_of_a_process_tells_a_zombie_even_with_odd_command_names(line: str, state: str) -> None:
+    assert stat_state(line) == state
 
 
 def test_cmdline_nul_separators_become_spaces() -> None:
