@@ -12,10 +12,11 @@ import argparse
 import logging
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from admin import preflight
-from admin.install import Installer
+from admin.install import Installer, policy_values
 from webhook.policy import INSTALL_NAMESPACE, POLICY_CONFIGMAP, Policy, PolicyError, policy_from_mapping
 
 
@@ -114,10 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="install/upgrade: server-side dry run of the apply")
     parser.add_argument("--registry", help="install/upgrade: where your images are, e.g. 123456789012.dkr.ecr."
                         "eu-west-1.amazonaws.com/customer-friendly (default ghcr.io/customer-friendly)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="install/upgrade: a policy value, such as storageClass=efs-sc (repeatable; on upgrade "
+                        "only these keys of the edited policy change)")
+    parser.add_argument("--policy", action="append", default=[], type=Path, metavar="FILE",
+                        help="install/upgrade: policy values from a YAML file (a data map or a ConfigMap)")
     parser.add_argument("--access-point-limit", type=int, default=1000,
                         help="EFS access points allowed per file system (default 1000)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        values = policy_values(args.set, args.policy)
+    except (PolicyError, OSError) as err:
+        print(f"cfo-admin: {err}", file=sys.stderr)
+        return 2
     from kubernetes import client, config
 
     base = (["--kubeconfig", args.kubeconfig] if args.kubeconfig else []) + (
@@ -135,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             lines = installer.uninstall()
         else:
             lines = installer.install(upgrade=args.command == "upgrade", dry_run=args.dry_run,
-                                      registry=args.registry)
+                                      registry=args.registry, values=values)
     except KubectlError as err:
         print(f"cfo-admin: {err}", file=sys.stderr)
         return 1

@@ -21,7 +21,7 @@ import yaml
 from certs.cli import ensure, leaf_specs
 from certs.pki import Validity
 from certs.store import SecretStore
-from webhook.policy import INSTALL_NAMESPACE, POLICY_CONFIGMAP
+from webhook.policy import INSTALL_NAMESPACE, POLICY_CONFIGMAP, PolicyError, policy_from_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ def _retag(image: str, registry: str | None) -> str:
 
 
 def fill_in(objects: list[dict[str, Any]], ca_pem: bytes, keep_policy: bool,
-            registry: str | None = None) -> list[dict[str, Any]]:
-    """The rendered manifests with the caBundle, the agents' CA and the image registry filled in. Pure."""
+            registry: str | None = None, policy_values: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The rendered manifests with the caBundle, the agents' CA, the image registry and the user's
+    policy values filled in. Pure."""
     out = []
     for obj in objects:
         if obj["kind"] == "Deployment":
@@ -57,8 +58,31 @@ def fill_in(objects: list[dict[str, Any]], ca_pem: bytes, keep_policy: bool,
             obj["data"]["agentClientCA"] = ca_pem.decode()
             if "agentImage" in obj["data"]:
                 obj["data"]["agentImage"] = _retag(obj["data"]["agentImage"], registry)
+            obj["data"].update(policy_values or {})
         out.append(obj)
     return out
+
+
+def policy_values(pairs: list[str], files: list[Path]) -> dict[str, str]:
+    """`--policy FILE` (a data map or a whole ConfigMap) and `--set KEY=VALUE`, later ones winning.
+
+    Each value is checked against the policy's rules together with the defaults, so a typo fails
+    the install before anything is applied.
+    """
+    values: dict[str, str] = {}
+    for path in files:
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise PolicyError(f"{path}: a policy file is a mapping of policy keys to values")
+        data = loaded.get("data", {}) if loaded.get("kind") == "ConfigMap" else loaded
+        values |= {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise PolicyError(f"--set {pair!r}: expected KEY=VALUE, such as storageClass=efs-sc")
+        values[key.strip()] = value
+    policy_from_mapping(values)
+    return values
 
 
 def order(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -86,17 +110,22 @@ class Installer:
     def _policy_exists(self) -> bool:
         return self.kubectl("-n", INSTALL_NAMESPACE, "get", "configmap", POLICY_CONFIGMAP, check=False).returncode == 0
 
-    def install(self, upgrade: bool = False, dry_run: bool = False, registry: str | None = None) -> list[str]:
+    def install(self, upgrade: bool = False, dry_run: bool = False, registry: str | None = None,
+                values: dict[str, str] | None = None) -> list[str]:
+        """Apply everything; on upgrade the edited policy stays, except for the keys in `values`."""
         objects = self.render()
         namespace = next(o for o in objects if o["kind"] == "Namespace")
         self.kubectl("apply", "-f", "-", input=json.dumps(namespace))
         ca_pem = self.ensure_certificates()
         keep_policy = upgrade and self._policy_exists()
-        objects = order(fill_in(objects, ca_pem, keep_policy, registry))
+        objects = order(fill_in(objects, ca_pem, keep_policy, registry, values))
         args = ["apply", "-f", "-"] + (["--dry-run=server"] if dry_run else [])
         applied = self.kubectl(*args, input=yaml.safe_dump_all(objects)).stdout.splitlines()
-        if keep_policy:
+        if keep_policy and not dry_run:
             self._fill_agent_ca(ca_pem)
+            if values:
+                self.kubectl("-n", INSTALL_NAMESPACE, "patch", "configmap", POLICY_CONFIGMAP, "--type=merge", "-p",
+                             json.dumps({"data": values}))
         return applied
 
     def _fill_agent_ca(self, ca_pem: bytes) -> None:

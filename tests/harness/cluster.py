@@ -1,55 +1,62 @@
-"""`make cluster`: the test control plane (and the webhook), started by hand.
+"""`make cluster`: the real node with the product installed, left up for you to use.
 
-Prints the KUBECONFIG to use and keeps everything running until Ctrl-C. State lives in
-.cluster/ and is removed on exit.
+Starts the real single-node cluster (`node.py`), release sources the pods reach (S3 from moto,
+HTTPS with a private CA, a host directory) with v1 to v4 and a broken release published, and
+installs the webhook and the controller with `cfo-admin install`. Prints the KUBECONFIG and the
+tear-down command, then exits: everything keeps running in the background until
+`make cluster-down`, which deletes the pods through the API, stops every process and removes
+the network state, mounts and cgroups, and restores the kernel settings.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import shutil
-import signal
 import sys
-import threading
 from pathlib import Path
 
-from tests.harness.controlplane import ROOT, ControlPlane
-from tests.harness.webhook import WebhookServer, register
+from tests.harness.controlplane import ROOT
+from tests.harness.node import Node, state_file, sweep_leftovers
+from tests.harness.node_app import Product, Sources, node_release
+
+
+def up(workdir: Path) -> int:
+    if state_file().is_file():
+        print("a cluster is already up (make cluster-down first)", file=sys.stderr)
+        return 1
+    print("starting the real node (containerd, kubelet, control plane, kube-proxy, provisioner) ...",
+          file=sys.stderr, flush=True)
+    node = Node(workdir).start()
+    try:
+        sources = Sources(workdir / "sources").start()
+        for proc in sources.processes():
+            node.adopt(proc)
+        for release in ("v1", "v2", "v3", "v4"):
+            sources.publish(release, node_release(release))
+        sources.publish("broken", node_release("broken", broken=True))
+        print("installing with cfo-admin install ...", file=sys.stderr, flush=True)
+        Product(node, sources, workdir / "product").install()
+    except BaseException:
+        node.stop()
+        raise
+    print(f"# node started in {node.timings['start']:.0f}s; logs in {workdir / 'logs'}", file=sys.stderr)
+    print(f"# release sources: {sources.s3()}  {sources.https()}  {sources.file()}", file=sys.stderr)
+    print(f"export KUBECONFIG={node.kubeconfig}")
+    print(f"export PATH={node.control.bin_dir}:{Path(sys.executable).parent}:$PATH   # kubectl, kubectl cfo")
+    print("# tear down: make cluster-down", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make cluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="make cluster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=ROOT / ".cluster", help="state directory (default .cluster/)")
-    parser.add_argument("--no-webhook", action="store_true", help="start only etcd and the Kubernetes components")
-    parser.add_argument("--policy", type=Path, default=None,
-                        help="policy file or directory for the webhook (default: built-in defaults)")
+    parser.add_argument("--down", action="store_true", help="tear down the cluster that `make cluster` left up")
     args = parser.parse_args(argv)
-    shutil.rmtree(args.dir, ignore_errors=True)
-    print("starting etcd, kube-apiserver and kube-controller-manager ...", file=sys.stderr)
-    cluster = ControlPlane(args.dir / "control-plane").start()
-    webhook = None
-    try:
-        if not args.no_webhook:
-            print("starting the webhook (gunicorn, TLS) and registering it ...", file=sys.stderr)
-            webhook = WebhookServer(args.dir / "webhook", policy_path=args.policy).start()
-            register(cluster, webhook)
-        print(f"\nexport KUBECONFIG={cluster.kubeconfig}")
-        print(f"export PATH={cluster.bin_dir}:$PATH   # kubectl {cluster.kubectl_path}")
-        print(f"# API server {cluster.server}; logs in {args.dir}", file=sys.stderr)
-        if webhook:
-            print(f"# webhook {webhook.url}; log {webhook.log}", file=sys.stderr)
-        print("# Ctrl-C stops everything.", file=sys.stderr, flush=True)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
-    finally:
-        if webhook:
-            webhook.stop()
-        cluster.stop()
-        shutil.rmtree(args.dir, ignore_errors=True)
-    return 0
+    if args.down:
+        if not sweep_leftovers(graceful=True):
+            print("no cluster is up", file=sys.stderr)
+        return 0
+    return up(args.dir.resolve())
 
 
 if __name__ == "__main__":

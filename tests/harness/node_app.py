@@ -1,0 +1,386 @@
+"""The product on the real node: installed by `cfo-admin install`, an opted-in Puma app, and
+release sources that pods can reach (S3 from moto, HTTPS behind a private CA, a host directory).
+
+Shared by the real-node tests and `make demo`. Nothing here plays the kubelet: pods, their
+volumes, their restarts and their endpoints are what the node did.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import yaml
+
+import contract as c
+from certs.pki import LeafSpec, Usage, create_ca, issue
+from tests.harness import images
+from tests.harness.controlplane import ROOT, ControlPlaneError, free_port, terminate, wait_ready
+from tests.harness.node import NODE_IP, STORAGE_CLASS, Node
+from tests.harness.puma_app import AgentClient, MotoS3, publish
+
+INSTALL_NAMESPACE = "customer-friendly-system"
+BUCKET = "releases"
+RELEASE_CA_CONFIGMAP = "cfo-release-ca"
+RELEASE_CREDENTIALS = "cfo-release-credentials"
+PUMA_PORT = 3000
+
+PUMA_CONFIG = """# Read once by the master; `directory` is re-resolved at each phased restart.
+directory "/app/current"
+rackup "config.ru"
+workers {workers}
+threads 2, 4
+bind "tcp://0.0.0.0:{port}"
+worker_boot_timeout 15
+# Behind a balancer: a worker stopping for a phased restart must not reset a queued connection.
+queue_requests false
+preload_app! false
+"""
+
+GOOD_APP = """RELEASE = "{release}"
+run ->(env) {{
+  env["rack.input"].read
+  [200, {{"content-type" => "text/plain"}}, ["#{{RELEASE}} #{{Process.pid}}\\n"]]
+}}
+"""
+BROKEN_APP = 'raise "release {release} cannot boot: missing SECRET_KEY_BASE"\n'
+
+
+def node_release(release: str, broken: bool = False, workers: int = 2) -> bytes:
+    """A release as a Rails app ships one: the app and its config/puma.rb. It answers
+    `<release> <worker pid>`, so a test sees which code and which worker served it."""
+    buf = io.BytesIO()
+    files = {"config.ru": (BROKEN_APP if broken else GOOD_APP).format(release=release),
+             "config/puma.rb": PUMA_CONFIG.format(workers=workers, port=PUMA_PORT)}
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        directory = tarfile.TarInfo("config")
+        directory.type, directory.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(directory)
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@dataclass
+class Sources:
+    """Where releases live: S3 (moto on the bridge), HTTPS with a private CA, and a host directory."""
+
+    workdir: Path
+    moto: MotoS3 = field(init=False)
+    https_port: int = 0
+    https_proc: subprocess.Popen[bytes] | None = None
+    ca_pem: bytes = b""
+
+    @property
+    def files(self) -> Path:
+        return self.workdir / "files"
+
+    def s3(self) -> str:
+        return f"s3://{BUCKET}/web/{{release}}.tar.gz"
+
+    def https(self) -> str:
+        return f"https://{NODE_IP}:{self.https_port}/{{release}}.tar.gz"
+
+    def file(self) -> str:
+        return "file:///releases/{release}.tar.gz"
+
+    def start(self) -> Sources:
+        self.files.mkdir(parents=True, exist_ok=True)
+        self.moto = MotoS3(self.workdir, host=NODE_IP).start()
+        self._client().create_bucket(Bucket=BUCKET)
+        now = dt.datetime.now(dt.UTC)
+        ca = create_ca("cfo-test-release-ca", 30, now)
+        leaf = issue(ca, LeafSpec("releases", Usage.SERVER, ("releases.local",), (NODE_IP,)), 30, now)
+        self.ca_pem = ca.cert_pem()
+        cert, key = self.workdir / "https.crt", self.workdir / "https.key"
+        cert.write_bytes(leaf.cert_pem())
+        key.write_bytes(leaf.key_pem())
+        self.https_port = free_port(NODE_IP)
+        log = self.workdir / "https.log"
+        with log.open("ab") as fh:
+            self.https_proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.harness.https_server", "--bind", NODE_IP, "--port",
+                 str(self.https_port), "--directory", str(self.files), "--cert", str(cert), "--key", str(key)],
+                cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+        def listening() -> bool:
+            import socket
+
+            with socket.create_connection((NODE_IP, self.https_port), timeout=1):
+                return True
+
+        wait_ready("https release server", self.https_proc, listening, 20, log)
+        return self
+
+    def _client(self) -> Any:
+        return boto3.client("s3", endpoint_url=self.moto.url, aws_access_key_id="testing",
+                            aws_secret_access_key="testing", region_name="us-east-1")
+
+    def publish(self, release: str, data: bytes) -> None:
+        """The same artifact, with its .sha256, in every source."""
+        publish(self.files, release, data)
+        client = self._client()
+        for suffix in ("", ".sha256"):
+            client.put_object(Bucket=BUCKET, Key=f"web/{release}.tar.gz{suffix}",
+                              Body=(self.files / f"{release}.tar.gz{suffix}").read_bytes())
+
+    def policy(self) -> dict[str, str]:
+        """What a cluster admin sets so that our containers reach these sources (policy keys)."""
+        env = [
+            {"name": "AWS_ENDPOINT_URL_S3", "value": self.moto.url},
+            {"name": "AWS_DEFAULT_REGION", "value": "us-east-1"},
+            {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {
+                "name": RELEASE_CREDENTIALS, "key": "access-key-id", "optional": True}}},
+            {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {
+                "name": RELEASE_CREDENTIALS, "key": "secret-access-key", "optional": True}}},
+            {"name": "SSL_CERT_FILE", "value": "/etc/cfo/release-ca/ca.crt"},
+        ]
+        volumes = [
+            {"name": "cfo-release-ca", "configMap": {"name": RELEASE_CA_CONFIGMAP, "optional": True}},
+            {"name": "cfo-release-files", "hostPath": {"path": str(self.files), "type": "Directory"}},
+        ]
+        mounts = [
+            {"name": "cfo-release-ca", "mountPath": "/etc/cfo/release-ca", "readOnly": True},
+            {"name": "cfo-release-files", "mountPath": "/releases", "readOnly": True},
+        ]
+        return {"agentEnv": json.dumps(env), "agentVolumes": json.dumps(volumes),
+                "agentVolumeMounts": json.dumps(mounts)}
+
+    def namespace_objects(self, namespace: str) -> list[dict[str, Any]]:
+        """What an app namespace holds for the sources: the release CA and read credentials."""
+        return [
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": RELEASE_CA_CONFIGMAP,
+                                                                   "namespace": namespace},
+             "data": {"ca.crt": self.ca_pem.decode()}},
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": RELEASE_CREDENTIALS, "namespace": namespace},
+             "stringData": {"access-key-id": "testing", "secret-access-key": "testing"}},
+        ]
+
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in (self.moto.proc, self.https_proc) if p is not None]
+
+    def stop(self) -> None:
+        terminate(self.https_proc, 5)
+        if hasattr(self, "moto"):
+            self.moto.stop()
+
+
+@dataclass
+class Product:
+    """Our webhook and controller, installed into the node by `cfo-admin install`."""
+
+    node: Node
+    sources: Sources
+    workdir: Path
+    certs: Path = field(init=False)
+
+    def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "admin.cli", *args, "--kubeconfig", str(self.node.kubeconfig),
+                   "--kubectl", str(self.node.control.kubectl_path)]
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=self.node.env(), check=False,
+                                timeout=300)
+        if result.returncode != 0:
+            raise ControlPlaneError(f"cfo-admin {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def install(self) -> Product:
+        policy = {"storageClass": STORAGE_CLASS, "agentImagePullPolicy": "Never", **self.sources.policy()}
+        args = ["install", "--registry", images.REGISTRY]
+        for key, value in policy.items():
+            args += ["--set", f"{key}={value}"]
+        self.admin(*args)
+        self.wait_available()
+        self.certs = self.workdir / "controller-certs"
+        self.certs.mkdir(parents=True, exist_ok=True)
+        secret = json.loads(self.node.kubectl("-n", INSTALL_NAMESPACE, "get", "secret",
+                                              "customer-friendly-controller-tls", "-o", "json").stdout)
+        for key in ("tls.crt", "tls.key"):
+            (self.certs / key).write_bytes(base64.b64decode(secret["data"][key]))
+        return self
+
+    def wait_available(self, timeout: float = 180) -> None:
+        for name in ("customer-friendly-webhook", "customer-friendly-controller"):
+            self.node.wait(f"deployment {name} available", lambda name=name: self._available(name), timeout)
+
+    def _available(self, name: str) -> bool:
+        deployment = json.loads(self.node.kubectl("-n", INSTALL_NAMESPACE, "get", "deployment", name, "-o",
+                                                  "json").stdout)
+        status = deployment.get("status") or {}
+        return status.get("readyReplicas") == deployment["spec"]["replicas"] == status.get("updatedReplicas")
+
+    def pods(self, component: str) -> list[dict[str, Any]]:
+        return json.loads(self.node.kubectl("-n", INSTALL_NAMESPACE, "get", "pods", "-l",
+                                            f"app.kubernetes.io/name=customer-friendly-{component}", "-o",
+                                            "json").stdout)["items"]
+
+    def agent(self, pod: dict[str, Any]) -> AgentClient:
+        return AgentClient(f"https://{pod['status']['podIP']}:9443", self.certs / "tls.crt", self.certs / "tls.key")
+
+
+@dataclass
+class WebApp:
+    """An opted-in Puma Deployment and its ClusterIP Service in a namespace of its own."""
+
+    node: Node
+    product: Product
+    namespace: str
+    name: str = "web"
+    replicas: int = 3
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.node.kubectl("-n", self.namespace, *args, input=input, check=check)
+
+    def manifest(self, release: str, source: str, *, image: str = images.APP_IMAGE_ROOT,
+                 container_security: dict[str, Any] | None = None, pod_security: dict[str, Any] | None = None,
+                 annotations: dict[str, str] | None = None, workers: int = 2) -> dict[str, Any]:
+        notes = {c.ENABLED: "true", c.RELEASE: release, c.SOURCE: source, c.CANARY: "1",
+                 c.MAX_UNAVAILABLE: "1", c.PRE_STOP_SECONDS: "3", c.MAX_REQUEST_SECONDS: "5",
+                 **(annotations or {})}
+        container: dict[str, Any] = {
+            "name": "puma", "image": image, "imagePullPolicy": "Never",
+            "command": ["puma", "-C", "/app/current/config/puma.rb"],
+            "ports": [{"name": "http", "containerPort": PUMA_PORT}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 2},
+            "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
+        }
+        if container_security:
+            container["securityContext"] = container_security
+        spec: dict[str, Any] = {"containers": [container]}
+        if pod_security:
+            spec["securityContext"] = pod_security
+        return {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": self.name, "namespace": self.namespace, "annotations": notes},
+                "spec": {"replicas": self.replicas, "selector": {"matchLabels": {"app": self.name}},
+                         "template": {"metadata": {"labels": {"app": self.name}}, "spec": spec}}}
+
+    def create(self, deployment: dict[str, Any],
+               labels: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        self.prepare(labels)
+        return self.apply(deployment)
+
+    def prepare(self, labels: dict[str, str] | None = None) -> None:
+        """The namespace, the Service, and what the release sources need in the namespace."""
+        namespace = {"apiVersion": "v1", "kind": "Namespace",
+                     "metadata": {"name": self.namespace, "labels": labels or {}}}
+        service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": self.name, "namespace": self.namespace},
+                   "spec": {"selector": {"app": self.name}, "ports": [{"port": 80, "targetPort": "http"}]}}
+        self.node.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
+            [namespace, *self.product.sources.namespace_objects(self.namespace), service]))
+
+    def apply(self, deployment: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.kubectl("apply", "-f", "-", input=yaml.safe_dump(deployment), check=check)
+
+    # --- what the node shows ----------------------------------------------------------------
+
+    def deployment(self) -> dict[str, Any]:
+        return json.loads(self.kubectl("get", "deployment", self.name, "-o", "json").stdout)
+
+    def pods(self) -> list[dict[str, Any]]:
+        items = json.loads(self.kubectl("get", "pods", "-l", f"app={self.name}", "-o", "json").stdout)["items"]
+        return sorted(items, key=lambda p: p["metadata"]["name"])
+
+    def ready_pods(self) -> list[dict[str, Any]]:
+        return [p for p in self.pods() if not p["metadata"].get("deletionTimestamp") and any(
+            cond["type"] == "Ready" and cond["status"] == "True" for cond in p.get("status", {}).get("conditions", []))]
+
+    def wait_ready(self, count: int | None = None, timeout: float = 180) -> list[dict[str, Any]]:
+        wanted = self.replicas if count is None else count
+
+        def ready() -> bool:
+            return len(self.ready_pods()) == wanted == len(self.pods())
+
+        try:
+            self.node.wait(f"{wanted} ready pods of {self.namespace}/{self.name}", ready, timeout)
+        except ControlPlaneError as err:
+            raise ControlPlaneError(f"{err}\n{self.describe()}") from err
+        return self.ready_pods()
+
+    def describe(self) -> str:
+        pods = self.kubectl("describe", "pods", "-l", f"app={self.name}", check=False).stdout
+        events = self.kubectl("get", "events", "--sort-by=.lastTimestamp", check=False).stdout
+        return f"--- pods\n{pods[-4000:]}\n--- events\n{events[-3000:]}"
+
+    def cluster_ip(self) -> str:
+        return json.loads(self.kubectl("get", "service", self.name, "-o", "json").stdout)["spec"]["clusterIP"]
+
+    def rollout(self) -> dict[str, Any]:
+        return json.loads(self.deployment()["metadata"].get("annotations", {}).get(c.ROLLOUT) or "{}")
+
+    def wait_rollout(self, release: str, phases: tuple[str, ...], timeout: float = 180) -> dict[str, Any]:
+        last: dict[str, Any] = {}
+
+        def reached() -> bool:
+            nonlocal last
+            last = self.rollout()
+            return last.get("release") == release and last.get("phase") in phases and not last.get("batch")
+
+        try:
+            self.node.wait(f"rollout of {release} to reach {phases}", reached, timeout)
+        except ControlPlaneError as err:
+            raise ControlPlaneError(f"{err}; last: {last}\n{self.controller_log()}") from err
+        return last
+
+    def controller_log(self) -> str:
+        return self.node.kubectl("-n", INSTALL_NAMESPACE, "logs", "-l",
+                                 "app.kubernetes.io/name=customer-friendly-controller", "--tail=40",
+                                 check=False).stdout
+
+    def uids(self) -> dict[str, str]:
+        return {p["metadata"]["name"]: p["metadata"]["uid"] for p in self.pods()}
+
+    def restarts(self) -> dict[str, int]:
+        """Every container's restartCount, init containers (our native sidecar) included."""
+        counts = {}
+        for pod in self.pods():
+            status = pod.get("status") or {}
+            for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+                counts[f"{pod['metadata']['name']}/{container['name']}"] = container.get("restartCount", 0)
+        return counts
+
+    def replicasets(self) -> list[str]:
+        items = json.loads(self.kubectl("get", "replicasets", "-l", f"app={self.name}", "-o", "json").stdout)["items"]
+        return sorted(r["metadata"]["name"] for r in items)
+
+    def agent_status(self, pod: dict[str, Any]) -> dict[str, Any]:
+        code, status = self.product.agent(pod).call("GET", "/v1/status")
+        assert code == 200, status
+        return status
+
+    def volume(self, pod: dict[str, Any]) -> Path:
+        """The pod's code volume as the node holds it (local-path keeps it in a host directory)."""
+        claim = f"{pod['metadata']['name']}-{c.CODE_VOLUME}"
+        pvc = json.loads(self.kubectl("get", "pvc", claim, "-o", "json").stdout)
+        pv = json.loads(self.node.kubectl("get", "pv", pvc["spec"]["volumeName"], "-o", "json").stdout)
+        spec = pv["spec"]
+        return Path((spec.get("hostPath") or spec.get("local"))["path"])
+
+    def links(self, pod: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(current, previous) on the pod's volume."""
+        volume = self.volume(pod)
+        return tuple(os.readlink(volume / n) if os.path.lexists(volume / n) else None  # type: ignore[return-value]
+                     for n in ("current", "previous"))
+
+    def cfo(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """`kubectl cfo ...`, found by kubectl as a plugin on PATH, as a user runs it."""
+        env = self.node.env()
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+        return subprocess.run([str(self.node.control.kubectl_path), "cfo", *args, "-n", self.namespace],
+                              capture_output=True, text=True, env=env, timeout=timeout, check=False)
+
+
+def scratch_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="cfo-node-"))

@@ -1,0 +1,50 @@
+"""Session fixtures for the real node: the cluster, our images installed by `cfo-admin install`,
+and release sources the pods reach. Nothing skips: a missing package or binary is installed or
+built, or the session fails saying what is missing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness.node import Node, running_node
+from tests.harness.node_app import Product, Sources, WebApp, node_release
+
+pytestmark = pytest.mark.node
+
+RELEASES = ("v1", "v2", "v3", "v4")
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    with running_node(tmp_path_factory.mktemp("node")) as started:
+        print(f"\nreal node: built/checked in {started.timings['build']:.0f}s, images imported in "
+              f"{started.timings['import']:.0f}s, started in {started.timings['start']:.0f}s")
+        yield started
+
+
+@pytest.fixture(scope="session")
+def sources(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sources]:
+    started = Sources(tmp_path_factory.mktemp("sources")).start()
+    for proc in started.processes():
+        node.adopt(proc)
+    for release in RELEASES:
+        started.publish(release, node_release(release))
+    started.publish("broken", node_release("broken", broken=True))
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="session")
+def product(node: Node, sources: Sources, tmp_path_factory: pytest.TempPathFactory) -> Product:
+    return Product(node, sources, tmp_path_factory.mktemp("product")).install()
+
+
+@pytest.fixture
+def app(node: Node, product: Product) -> Iterator[WebApp]:
+    web = WebApp(node, product, f"n-{uuid.uuid4().hex[:6]}")
+    yield web
+    node.kubectl("delete", "namespace", web.namespace, "--wait=false", check=False)
