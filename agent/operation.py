@@ -41,6 +41,11 @@ logger = logging.getLogger(__name__)
 
 IDLE, FETCHING, RESTARTING, DONE, FAILED = "idle", "fetching", "restarting", "done", "failed"
 
+STEADY_SECONDS = 3.0
+"""Without Puma's control app, how long the new workers must stay the same processes to count as
+up: /proc cannot tell a booted worker from one about to crash, and Puma replaces a worker that
+cannot boot with a new pid within seconds."""
+
 
 class Busy(RuntimeError):
     """Another operation is running."""
@@ -311,27 +316,39 @@ class Agent:
         started = time.monotonic()
         deadline = started + deadline_seconds
         latest: puma.PumaView | None = view
+        stats: puma.Stats | None = None
+        steady: tuple[frozenset[int], float] = (frozenset(), started)  # the worker pids, and since when
         while time.monotonic() < deadline:
             time.sleep(0.2)
             latest = puma.find_puma(puma.read_processes(), view.master.pid)
             if latest is None:
                 raise puma.PumaError(f"Puma (pid {view.master.pid}) exited during the {mode} restart")
             stats = self._stats()
+            pids = frozenset(w.pid for w in latest.workers)
+            if pids != steady[0]:
+                steady = (pids, time.monotonic())
             if stats is not None and stats_before is not None and mode == "phased":
                 done = stats.phased_restart_done(stats_before.phase)
             elif expected == 0:
                 # Single mode has no workers to count: the re-exec'd master has its title back.
                 done = time.monotonic() - started > 1 and puma.MASTER_TITLE.match(latest.master.title) is not None
+            elif self.config.puma_control_url:
+                done = stats is not None and puma.workers_up(latest, ticks, expected, stats)
             else:
-                done = puma.restarted_since(latest, ticks, expected)
+                done = puma.workers_up(latest, ticks, expected, None) and \
+                    time.monotonic() - steady[1] >= STEADY_SECONDS
             self._update(puma={"workersReplaced": sum(w.start_ticks >= ticks for w in latest.workers),
                                "workersExpected": expected})
             if done:
                 return
         replaced = sum(w.start_ticks >= ticks for w in latest.workers) if latest else 0
+        if mode == "phased":
+            what = f"{replaced} of {expected} workers replaced; the old workers keep serving"
+        else:
+            booted = f", {stats.booted_workers} booted" if stats is not None else ""
+            what = f"the new workers did not come up ({replaced} of {expected} restarted{booted})"
         tail = puma.boot_error_tail(view)
-        raise puma.PumaError(f"{mode} restart not done after {deadline_seconds:.0f}s: {replaced} of {expected} "
-                             "workers replaced; the old workers keep serving"
+        raise puma.PumaError(f"{mode} restart not done after {deadline_seconds:.0f}s: {what}"
                              + (f"; Puma said: {tail}" if tail else ""))
 
     def _stats(self) -> puma.Stats | None:

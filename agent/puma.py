@@ -97,6 +97,15 @@ def restarted_since(view: PumaView | None, signal_ticks: int, expected_workers: 
     return all(w.start_ticks >= signal_ticks for w in view.workers)
 
 
+def workers_up(view: PumaView | None, signal_ticks: int, expected: int, stats: Stats | None) -> bool:
+    """Every worker slot is a new process, and, when the control app's stats are given, every one
+    has booted. Without stats a crash-looping worker of a hot restart looks new too: the caller
+    then also waits for the workers to stay the same processes for a while. Pure."""
+    if not restarted_since(view, signal_ticks, expected):
+        return False
+    return stats is None or (stats.workers == expected and stats.booted_workers == expected)
+
+
 def preload_in_config(text: str) -> bool:
     """True when a Puma config turns preload on (which makes phased restarts impossible)."""
     for line in text.splitlines():

@@ -193,6 +193,25 @@ def test_a_release_that_cannot_boot_is_undone_by_the_agent_and_the_rollback_rest
     assert pod.puma.worker_pids() == workers and pod.puma.stats()["phase"] == 3
 
 
+def test_a_hot_restart_onto_a_release_that_cannot_boot_is_undone_too(pod: Pod) -> None:
+    """Every worker of a hot restart is a new process, even one that crash-loops: the agent must
+    wait for them to boot (Puma's control app), fail at the deadline, and hot-restart Puma back.
+    Requests wait while no worker can boot (the listeners are kept), so none are counted here."""
+    code, _ = pod.client.call("POST", "/v1/release", {"release": "broken", "source": pod.source, "restart": "hot",
+                                                      "deadlineSeconds": 6})
+    assert code == 202
+    failed = pod.client.wait(timeout=60)
+    assert failed["state"] == "failed", failed
+    assert "hot restart not done after 6s: the new workers did not come up" in failed["error"]
+    assert (failed["reverted"], failed["puma_restored"], failed["release"]) == (True, True, "v1")
+    assert pod.current() == "releases/v1" and not (pod.code / "previous").exists()
+    assert pod.puma.stats()["booted_workers"] == 2
+    load = Load("127.0.0.1", pod.puma.port, rate=RATE).start()
+    time.sleep(1)
+    load.stop()
+    assert load.failures() == [] and {s.body for s in load.samples} == {"v1"}
+
+
 def bad_archive_with(member: tarfile.TarInfo) -> bytes:
     return release_archive("bad", extra=[member])
 

@@ -17,6 +17,7 @@ from agent.puma import (
     restarted_since,
     stat_state,
     summarize_log,
+    workers_up,
 )
 from agent.release import ReleaseError, parse_sha256_file, source_url
 from agent.server import parse_release_request
@@ -67,6 +68,18 @@ def test_a_master_without_workers_is_single_mode() -> None:
 def test_a_restart_is_done_when_every_worker_slot_is_newer_than_the_signal(
         signal_ticks: int, expected: int, done: bool) -> None:
     assert restarted_since(find_puma(TABLE), signal_ticks, expected) is done
+
+
+@pytest.mark.parametrize(("stats", "up"), [
+    (None, True),
+    (Stats(phase=0, workers=2, booted_workers=2, old_workers=0), True),
+    # A hot restart onto code that cannot boot: every worker is new, none has booted.
+    (Stats(phase=0, workers=2, booted_workers=0, old_workers=0), False),
+    (Stats(phase=0, workers=1, booted_workers=1, old_workers=0), False),
+])
+def test_workers_are_up_when_all_are_new_and_the_control_app_says_they_booted(stats: Stats | None, up: bool) -> None:
+    assert workers_up(find_puma(TABLE), 1300, 2, stats) is up
+    assert workers_up(find_puma(TABLE), 1450, 2, stats) is False
 
 
 @pytest.mark.parametrize(("config", "preload"), [
