@@ -41,6 +41,8 @@ RESERVED_PREFIX = ".cfo-"
 
 MAX_LINK_HOPS = 40
 """Links followed while resolving one path; Linux gives up (ELOOP) after 40 as well."""
+MAX_NAME_LENGTH = 4096
+"""Longest member name: no program could open a longer path (PATH_MAX), and it bounds the checks' work."""
 
 FILE_MODE, EXEC_MODE, DIR_MODE = 0o644, 0o755, 0o755
 
@@ -177,6 +179,8 @@ def _check_name(member: Member, limits: Limits) -> str:
         raise UnsafeArchive(f"member {name!r} has an absolute path")
     if ".." in name.split("/"):
         raise UnsafeArchive(f"member {name!r} contains '..'")
+    if len(name) > MAX_NAME_LENGTH:
+        raise UnsafeArchive(f"member {_shown(name)} is longer than {MAX_NAME_LENGTH} characters (PATH_MAX)")
     path = normal(name)
     depth = path.count("/") + 1
     if depth > limits.max_depth:

@@ -124,6 +124,11 @@ def test_a_member_deeper_than_the_limit_is_refused_with_a_short_message() -> Non
     assert check_members([reg(deep)], Limits(max_depth=1001))
 
 
+def test_a_member_name_longer_than_path_max_is_refused() -> None:
+    with pytest.raises(UnsafeArchive, match=r"member 'xxx.*' \(5000 characters\) is longer than 4096 characters"):
+        check_members([reg("x" * 5000)])
+
+
 @pytest.mark.parametrize(("links", "path", "expected"), [
     ({}, "a/b/../c", "a/c"),
     ({}, ".", "."),
