@@ -34,7 +34,7 @@ def up(workdir: Path) -> int:
             sources.publish(release, node_release(release))
         sources.publish("broken", node_release("broken", broken=True))
         print("installing with cfo-admin install ...", file=sys.stderr, flush=True)
-        Product(node, sources, workdir / "product").install()
+        Product(node, sources, workdir / "product").install(files=True)
     except BaseException:
         node.stop()
         raise

@@ -138,8 +138,12 @@ class Sources:
             client.put_object(Bucket=BUCKET, Key=f"web/{release}.tar.gz{suffix}",
                               Body=(self.files / f"{release}.tar.gz{suffix}").read_bytes())
 
-    def policy(self) -> dict[str, str]:
-        """What a cluster admin sets so that our containers reach these sources (policy keys)."""
+    def policy(self, files: bool = False) -> dict[str, str]:
+        """What a cluster admin sets so that our containers reach these sources (policy keys).
+
+        The host directory for `file://` is a hostPath, which PodSecurity `restricted` and
+        `baseline` forbid, so it is only added when asked for.
+        """
         env = [
             {"name": "AWS_ENDPOINT_URL_S3", "value": self.moto.url},
             {"name": "AWS_DEFAULT_REGION", "value": "us-east-1"},
@@ -149,14 +153,13 @@ class Sources:
                 "name": RELEASE_CREDENTIALS, "key": "secret-access-key", "optional": True}}},
             {"name": "SSL_CERT_FILE", "value": "/etc/cfo/release-ca/ca.crt"},
         ]
-        volumes = [
-            {"name": "cfo-release-ca", "configMap": {"name": RELEASE_CA_CONFIGMAP, "optional": True}},
-            {"name": "cfo-release-files", "hostPath": {"path": str(self.files), "type": "Directory"}},
-        ]
-        mounts = [
-            {"name": "cfo-release-ca", "mountPath": "/etc/cfo/release-ca", "readOnly": True},
-            {"name": "cfo-release-files", "mountPath": "/releases", "readOnly": True},
-        ]
+        volumes: list[dict[str, Any]] = [
+            {"name": "cfo-release-ca", "configMap": {"name": RELEASE_CA_CONFIGMAP, "optional": True}}]
+        mounts: list[dict[str, Any]] = [
+            {"name": "cfo-release-ca", "mountPath": "/etc/cfo/release-ca", "readOnly": True}]
+        if files:
+            volumes.append({"name": "cfo-release-files", "hostPath": {"path": str(self.files), "type": "Directory"}})
+            mounts.append({"name": "cfo-release-files", "mountPath": "/releases", "readOnly": True})
         return {"agentEnv": json.dumps(env), "agentVolumes": json.dumps(volumes),
                 "agentVolumeMounts": json.dumps(mounts)}
 
@@ -197,8 +200,8 @@ class Product:
             raise ControlPlaneError(f"cfo-admin {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
-    def install(self) -> Product:
-        policy = {"storageClass": STORAGE_CLASS, "agentImagePullPolicy": "Never", **self.sources.policy()}
+    def install(self, files: bool = False) -> Product:
+        policy = {"storageClass": STORAGE_CLASS, "agentImagePullPolicy": "Never", **self.sources.policy(files)}
         args = ["install", "--registry", images.REGISTRY]
         for key, value in policy.items():
             args += ["--set", f"{key}={value}"]
@@ -211,6 +214,21 @@ class Product:
         for key in ("tls.crt", "tls.key"):
             (self.certs / key).write_bytes(base64.b64decode(secret["data"][key]))
         return self
+
+    def set_policy(self, **values: str) -> None:
+        """`cfo-admin upgrade --set ...`, then a restart of our pods so they read it at once
+        (the kubelet refreshes a mounted ConfigMap only within its sync period, about a minute)."""
+        args = ["upgrade", "--registry", images.REGISTRY]
+        for key, value in values.items():
+            args += ["--set", f"{key}={value}"]
+        self.admin(*args)
+        for name in ("customer-friendly-webhook", "customer-friendly-controller"):
+            self.node.kubectl("-n", INSTALL_NAMESPACE, "rollout", "restart", "deployment", name)
+        for name in ("customer-friendly-webhook", "customer-friendly-controller"):
+            self.node.kubectl("-n", INSTALL_NAMESPACE, "rollout", "status", "deployment", name, "--timeout=180s")
+        # The old pods serve out their preStop sleep: until they are gone, one may still answer.
+        self.node.wait("the old webhook and controller pods to be gone", lambda: all(
+            len(self.pods(component)) == 2 for component in ("webhook", "controller")), 120)
 
     def wait_available(self, timeout: float = 180) -> None:
         for name in ("customer-friendly-webhook", "customer-friendly-controller"):
@@ -297,7 +315,8 @@ class WebApp:
         return [p for p in self.pods() if not p["metadata"].get("deletionTimestamp") and any(
             cond["type"] == "Ready" and cond["status"] == "True" for cond in p.get("status", {}).get("conditions", []))]
 
-    def wait_ready(self, count: int | None = None, timeout: float = 180) -> list[dict[str, Any]]:
+    def wait_ready(self, count: int | None = None, timeout: float = 180,
+                   serving: str | None = None) -> list[dict[str, Any]]:
         wanted = self.replicas if count is None else count
 
         def ready() -> bool:
@@ -307,12 +326,36 @@ class WebApp:
             self.node.wait(f"{wanted} ready pods of {self.namespace}/{self.name}", ready, timeout)
         except ControlPlaneError as err:
             raise ControlPlaneError(f"{err}\n{self.describe()}") from err
+        if serving:
+            self.wait_serving(serving)
         return self.ready_pods()
 
     def describe(self) -> str:
         pods = self.kubectl("describe", "pods", "-l", f"app={self.name}", check=False).stdout
+        fetch = self.kubectl("logs", "-l", f"app={self.name}", "-c", c.FETCH_CONTAINER, "--tail=5",
+                             check=False).stdout
         events = self.kubectl("get", "events", "--sort-by=.lastTimestamp", check=False).stdout
-        return f"--- pods\n{pods[-4000:]}\n--- events\n{events[-3000:]}"
+        return f"--- pods\n{pods[-4000:]}\n--- {c.FETCH_CONTAINER}\n{fetch}\n--- events\n{events[-3000:]}"
+
+    def wait_serving(self, release: str, timeout: float = 60) -> None:
+        """Until the ClusterIP answers with `release` 20 times in a row: pods can be Ready a moment
+        before kube-proxy has programmed their endpoints."""
+        import http.client
+
+        ip = self.cluster_ip()
+
+        def answers() -> bool:
+            for _ in range(20):
+                conn = http.client.HTTPConnection(ip, 80, timeout=2)
+                conn.request("POST", "/", body=b"")
+                response = conn.getresponse()
+                ok = response.status == 200 and response.read().decode().split()[0] == release
+                conn.close()
+                if not ok:
+                    return False
+            return True
+
+        self.node.wait(f"{self.namespace}/{self.name} to serve {release} through its ClusterIP", answers, timeout)
 
     def cluster_ip(self) -> str:
         return json.loads(self.kubectl("get", "service", self.name, "-o", "json").stdout)["spec"]["clusterIP"]

@@ -29,7 +29,7 @@ def serving(app: WebApp, samples: int = 30) -> set[str]:
 
 def test_an_opted_in_deployment_starts_on_real_pods_with_its_release_on_a_provisioned_volume(app: WebApp) -> None:
     app.create(app.manifest("v1", app.product.sources.s3()))
-    pods = app.wait_ready()
+    pods = app.wait_ready(serving="v1")
     assert len(pods) == 3
     for pod in pods:
         claim = json.loads(app.kubectl("get", "pvc", f"{pod['metadata']['name']}-{c.CODE_VOLUME}", "-o",
@@ -84,7 +84,7 @@ class PodCounter:
 
 def test_a_release_under_load_moves_every_pod_in_place_and_drops_nothing(app: WebApp) -> None:
     app.create(app.manifest("v1", app.product.sources.s3()))
-    app.wait_ready()
+    app.wait_ready(serving="v1")
     app.wait_rollout("v1", ("Complete",))
     before_uids, before_sets = app.uids(), app.replicasets()
     workers_before = {s for s in serving(app)}
