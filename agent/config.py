@@ -34,6 +34,8 @@ SETTINGS: list[tuple[str, str, str | None, str]] = [
     ("CFO_PUMA_CONFIG", "--puma-config", None, "Puma config to check for preload_app! "
      "(default: <code>/current/config/puma.rb)"),
     ("CFO_RESTART_DEADLINE_SECONDS", "--restart-deadline", "120", "a restart not done by then has failed"),
+    ("CFO_BOOT_FAILURES", "--boot-failures", "3", "a phased or hot restart fails at once when this many of its "
+     "new workers have exited before it was done (a release that cannot boot); 0: only the deadline"),
 ]
 
 
@@ -62,6 +64,7 @@ class AgentConfig:
     puma_config: Path
     restart_deadline: float
     process_pidfile: Path | None = None
+    boot_failures: int = 3
 
     @property
     def limits(self) -> Limits:
@@ -100,4 +103,5 @@ class AgentConfig:
             puma_config=path("CFO_PUMA_CONFIG") or code / "current" / "config" / "puma.rb",
             restart_deadline=float(values["CFO_RESTART_DEADLINE_SECONDS"]),
             process_pidfile=path("CFO_PROCESS_PIDFILE"),
+            boot_failures=int(values["CFO_BOOT_FAILURES"]),
         )

@@ -11,6 +11,12 @@ restarts on the old release (a phased restart re-resolves `directory` when each 
 starts: the crash-looping slot of a stalled phase then boots the old code). The status says
 `failed`, with `reverted` and `puma_restored`; a later request for the release that is
 current again is then a no-op, so the controller's rollback does not restart Puma once more.
+
+A release that cannot boot makes a phased restart stall rather than fail (the old workers keep
+serving while one slot crash-loops). The watch counts the restart's new workers that exit
+before it is done, and fails it once `boot_failures` have, well before the deadline; the wait
+for the revert's restart does the same, so an old release that crash-loops too ends the wait
+with `puma_restored` false.
 """
 
 from __future__ import annotations
@@ -201,7 +207,7 @@ class Agent:
                 self._update(state=RESTARTING, restart=mode)
                 attempt.view, attempt.mode = view, mode
                 self._switch(request.release, attempt)
-                self._restart(view, mode, deadline, attempt=attempt)
+                self._restart(view, mode, deadline, attempt=attempt, release=request.release)
             else:
                 mode = request.restart
                 self._restart_process(request, deadline, attempt)
@@ -253,8 +259,9 @@ class Agent:
         latest = puma.find_puma(puma.read_processes(), view.master.pid)
         if latest is None:
             return False, f"current and previous restored; Puma (pid {view.master.pid}) is gone"
+        old = Path(attempt.before.current).name if attempt.before and attempt.before.current else None
         try:
-            self._restart(latest, mode, deadline, expected=len(view.workers))
+            self._restart(latest, mode, deadline, expected=len(view.workers), release=old)
         except puma.PumaError as err:
             logger.error("could not bring Puma back to the old release: %s", err)
             return False, f"current and previous restored, but Puma could not be brought back: {err}"
@@ -302,10 +309,12 @@ class Agent:
         return "hot"
 
     def _restart(self, view: puma.PumaView, mode: str, deadline_seconds: float, expected: int | None = None,
-                 attempt: Attempt | None = None) -> None:
+                 attempt: Attempt | None = None, release: str | None = None) -> None:
         """Signal, then watch until every worker slot runs a process started after the signal.
 
         `expected` is the number of workers when all are up (a stalled restart shows fewer).
+        Fails at the deadline, or as soon as `boot_failures` of the new workers have exited
+        before the restart was done (`release`, the one restarted onto, names it).
         """
         expected = len(view.workers) if expected is None else expected
         stats_before = self._stats()
@@ -313,6 +322,9 @@ class Agent:
         puma.send(view, mode)
         if attempt is not None:
             attempt.signalled = True
+        # Taken after the signal: a worker Puma forks before it handles the signal (on a revert,
+        # one more of the crash loop being left) is then not taken for one of this restart's.
+        watch = puma.BootWatch(puma.boot_ticks_now())
         started = time.monotonic()
         deadline = started + deadline_seconds
         latest: puma.PumaView | None = view
@@ -337,10 +349,13 @@ class Agent:
             else:
                 done = puma.workers_up(latest, ticks, expected, None) and \
                     time.monotonic() - steady[1] >= STEADY_SECONDS
+            failures = watch.observe(latest, done)
             self._update(puma={"workersReplaced": sum(w.start_ticks >= ticks for w in latest.workers),
-                               "workersExpected": expected})
+                               "workersExpected": expected, "bootFailures": failures})
             if done:
                 return
+            if 0 < self.config.boot_failures <= failures:
+                raise puma.CannotBoot(puma.cannot_boot_message(release, failures, mode, puma.boot_error_tail(view)))
         replaced = sum(w.start_ticks >= ticks for w in latest.workers) if latest else 0
         if mode == "phased":
             what = f"{replaced} of {expected} workers replaced; the old workers keep serving"

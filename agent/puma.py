@@ -27,7 +27,11 @@ SIGNALS = {"phased": signal.SIGUSR1, "hot": signal.SIGUSR2}
 
 
 class PumaError(RuntimeError):
-    """Puma cannot be found or signalled."""
+    """Puma cannot be found or signalled, or a restart failed."""
+
+
+class CannotBoot(PumaError):
+    """A restart's new workers keep exiting before they boot: the release cannot boot."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,56 @@ def workers_up(view: PumaView | None, signal_ticks: int, expected: int, stats: S
     if not restarted_since(view, signal_ticks, expected):
         return False
     return stats is None or (stats.workers == expected and stats.booted_workers == expected)
+
+
+@dataclass
+class BootWatch:
+    """Counts the failed boots of a restart: its new workers that exited before it was done. Pure.
+
+    Fed every view of Puma taken while a phased or hot restart is watched. A worker is new when
+    it started at or after `since` (the signal). Old workers leave on purpose in both kinds of
+    restart and never count; a hot restart re-execs the master under the same pid, so its new
+    workers are children of that pid like a phased restart's. A worker that exits after the view
+    `observe` was told is done does not count: the restart did not fail. (A pid reused within
+    seconds is impossible; ignored.)
+
+    Level-based: a vanished worker is one seen new in an earlier view and absent from this one
+    (exited, or a zombie awaiting its reaping, which read_processes leaves out). Puma respawns a
+    worker that cannot boot in a few milliseconds or a few seconds; each one seen counts.
+    """
+
+    since: int
+    alive: frozenset[int] = frozenset()
+    """The new workers of the last view."""
+    exited: tuple[int, ...] = ()
+    """New workers that vanished before the restart was done, in the order seen."""
+    finished: bool = False
+
+    @property
+    def failures(self) -> int:
+        return len(self.exited)
+
+    def observe(self, view: PumaView | None, done: bool = False) -> int:
+        """Take one view; `done` when the restart is done in this view. Returns the failures so far.
+
+        No view (the master is gone) tells nothing about the workers: the caller fails on it.
+        """
+        if self.finished or view is None:
+            return self.failures
+        new = frozenset(w.pid for w in view.workers if w.start_ticks >= self.since)
+        self.exited += tuple(sorted(self.alive - new))
+        self.alive = new
+        self.finished = done
+        return self.failures
+
+
+def cannot_boot_message(release: str | None, failures: int, mode: str, tail: str | None) -> str:
+    """One line for a restart stopped by its crash-looping workers. Pure."""
+    what = f"release {release}" if release else "the release"
+    serving = ("the old workers keep serving" if mode == "phased"
+               else "no worker serves until Puma is restarted on a release that boots")
+    return (f"{what} cannot boot: {failures} new workers exited during the {mode} restart; {serving}"
+            + (f"; Puma said: {tail}" if tail else ""))
 
 
 def preload_in_config(text: str) -> bool:

@@ -7,6 +7,7 @@ cluster (shareProcessNamespace). Figures (failed requests, p99) are printed with
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -32,6 +33,10 @@ RATE = 200.0
 # just accepted into its reactor: about 1 in 80 worker stops under CPU contention here. The
 # README's Puma settings say so; this suite runs the recommended configuration.
 PUMA_CONFIG = ("queue_requests false",)
+# A release whose workers cannot boot: the agent's own deadline stays the default, and the
+# failure (with the revert done) must come from the crash loop, long before that deadline.
+BROKEN_DEADLINE = 120
+BROKEN_REPORTED_WITHIN = 30.0
 
 
 @dataclass
@@ -79,7 +84,10 @@ def start_pod(tmp_path: Path, moto: MotoS3, releases: tuple[str, ...] = ("v1", "
     code = tmp_path / "code"
     init_fetch(code, "v1", f"file://{artifacts}/{{release}}.tar.gz", moto.env)
     puma = Puma(code, tmp_path, extra_config=PUMA_CONFIG, **puma_options).start()  # type: ignore[arg-type]
-    env = {**moto.env, "CFO_RESTART_DEADLINE_SECONDS": "20", **(agent_env or {})}
+    # By its pidfile, not by title: this host's PID namespace may hold other Pumas (other tests',
+    # or a real node's pods), and the oldest one by title would be watched, and signalled, instead.
+    env = {**moto.env, "CFO_RESTART_DEADLINE_SECONDS": "20", "CFO_PUMA_PIDFILE": str(puma.pidfile),
+           **(agent_env or {})}
     if control_app:  # watch restarts through Puma's /stats rather than /proc
         env |= {"CFO_PUMA_CONTROL_URL": puma.control_url, "CFO_PUMA_CONTROL_TOKEN": puma.token}
     agent = AgentProcess(code, tmp_path, certs / "ca.crt", env).start()
@@ -165,13 +173,19 @@ def test_a_release_that_cannot_boot_is_undone_by_the_agent_and_the_rollback_rest
     assert links == {"current": "releases/v2", "previous": "releases/v1"}
     load = Load("127.0.0.1", pod.puma.port, rate=RATE).start()
     time.sleep(1)
+    started = time.monotonic()
     code, _ = pod.client.call("POST", "/v1/release", {"release": "broken", "source": pod.source,
-                                                      "deadlineSeconds": 10})
+                                                      "deadlineSeconds": BROKEN_DEADLINE})
     assert code == 202
-    failed = pod.client.wait(timeout=60)
+    failed = pod.client.wait(timeout=BROKEN_REPORTED_WITHIN + 30)
     finished = time.monotonic()
+    print(f"\n[broken release, phased] failed and undone {finished - started:.1f}s after the request "
+          f"(deadline {BROKEN_DEADLINE}s): {failed['error']}")
     assert failed["state"] == "failed", failed
-    assert "restart not done after 10s" in failed["error"]
+    # The crash loop ends the restart, not the deadline: reported, undone and Puma back on v2 long before it.
+    assert finished - started < BROKEN_REPORTED_WITHIN
+    assert re.match(r"release broken cannot boot: \d+ new workers exited during the phased restart; "
+                    "the old workers keep serving", failed["error"]), failed["error"]
     assert "Puma restarted on the old release (phased restart)" in failed["error"]
     assert (failed["reverted"], failed["puma_restored"]) == (True, True)
     assert (failed["release"], failed["previous"]) == ("v2", "v1")
@@ -195,14 +209,21 @@ def test_a_release_that_cannot_boot_is_undone_by_the_agent_and_the_rollback_rest
 
 def test_a_hot_restart_onto_a_release_that_cannot_boot_is_undone_too(pod: Pod) -> None:
     """Every worker of a hot restart is a new process, even one that crash-loops: the agent must
-    wait for them to boot (Puma's control app), fail at the deadline, and hot-restart Puma back.
-    Requests wait while no worker can boot (the listeners are kept), so none are counted here."""
+    not take them for booted (Puma's control app), fail on their crash loop, and hot-restart Puma
+    back. Requests wait while no worker can boot (the listeners are kept), so none are counted here."""
+    started = time.monotonic()
     code, _ = pod.client.call("POST", "/v1/release", {"release": "broken", "source": pod.source, "restart": "hot",
-                                                      "deadlineSeconds": 6})
+                                                      "deadlineSeconds": BROKEN_DEADLINE})
     assert code == 202
-    failed = pod.client.wait(timeout=60)
+    failed = pod.client.wait(timeout=BROKEN_REPORTED_WITHIN + 30)
+    finished = time.monotonic()
+    print(f"\n[broken release, hot] failed and undone {finished - started:.1f}s after the request "
+          f"(deadline {BROKEN_DEADLINE}s): {failed['error']}")
     assert failed["state"] == "failed", failed
-    assert "hot restart not done after 6s: the new workers did not come up" in failed["error"]
+    assert finished - started < BROKEN_REPORTED_WITHIN
+    assert re.match(r"release broken cannot boot: \d+ new workers exited during the hot restart; ",
+                    failed["error"]), failed["error"]
+    assert "Puma restarted on the old release (hot restart)" in failed["error"]
     assert (failed["reverted"], failed["puma_restored"], failed["release"]) == (True, True, "v1")
     assert pod.current() == "releases/v1" and not (pod.code / "previous").exists()
     assert pod.puma.stats()["booted_workers"] == 2
@@ -286,7 +307,7 @@ def test_a_client_certificate_from_another_ca_is_refused(pod: Pod, tmp_path: Pat
 def constrained_pod(request: pytest.FixtureRequest, tmp_path: Path, moto: MotoS3) -> Iterator[Pod]:
     """A pod whose Puma cannot phase-restart: single mode (workers 0) or preload_app! on.
 
-    This agent finds Puma by its pidfile and watches through /proc (no control app).
+    This agent watches through /proc (no control app).
     """
     puma_config = tmp_path / "puma.rb"
     started = start_pod(tmp_path, moto, ("v1", "v2"),

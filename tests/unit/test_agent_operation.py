@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -175,3 +176,138 @@ def test_the_agents_release_logic_imports_on_an_early_python_311() -> None:
     done = subprocess.run([python, "-c", "import agent.operation, agent.cli, agent.worker, agent.archive, "
                            "agent.release, agent.tree, agent.fetch"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+# --- a release that cannot boot, against a stand-in Puma cluster -------------------------------
+
+FAKE_PUMA = r'''
+"""Enough of a Puma cluster master for the agent's watch: workers titled as Puma's, a phased
+restart (SIGUSR1) replacing them one at a time once all are booted, a hot one (SIGUSR2) all at
+once under the same pid. Each worker reads `current` when it starts (Puma re-resolves its
+directory at each phase): it boots when config.ru does not raise, else it exits after 0.3s and
+its slot is respawned 0.2s later, Puma's crash loop."""
+import os, signal, subprocess, sys, time
+code, count = sys.argv[1], int(sys.argv[2])
+master, phase, asked, slots, pending = os.getpid(), 0, [], {}, {}
+
+def spawn(index):
+    with open(os.path.join(code, "current", "config.ru")) as fh:
+        boots = "raise" not in fh.read()
+    title = f"puma: cluster worker {index}: {master} [fake]"
+    return subprocess.Popen([title, "1000" if boots else "0.3"], executable="sleep"), phase, time.monotonic()
+
+for sig, what in ((signal.SIGUSR1, "phased"), (signal.SIGUSR2, "hot"), (signal.SIGTERM, "stop")):
+    signal.signal(sig, lambda *_, what=what: asked.append(what))
+slots = {i: spawn(i) for i in range(count)}
+while True:
+    while asked:
+        what = asked.pop(0)
+        if what == "stop":
+            sys.exit(0)
+        phase += 1
+        if what == "hot":
+            for proc, _, _ in slots.values():
+                proc.kill()
+                proc.wait()
+            pending.clear()
+            slots = {i: spawn(i) for i in range(count)}
+    now = time.monotonic()
+    for i, (proc, _, _) in list(slots.items()):
+        if proc.poll() is not None:
+            del slots[i]
+            pending[i] = now + 0.2
+    for i, at in list(pending.items()):
+        if now >= at:
+            del pending[i]
+            slots[i] = spawn(i)
+    if not pending and all(now - born >= 0.5 for _, _, born in slots.values()):
+        old = [i for i, (_, p, _) in slots.items() if p != phase]
+        if old:
+            proc = slots.pop(old[0])[0]
+            proc.terminate()
+            proc.wait()
+            slots[old[0]] = spawn(old[0])
+    time.sleep(0.02)
+'''
+
+
+@pytest.fixture
+def fake_puma(volume: Path) -> Iterator[tuple[Layout, str, Path]]:
+    """v1 current (v0 previous), `broken` published, and a stand-in Puma cluster of 2 workers on v1."""
+    from agent import puma
+
+    layout, source = prepared(volume)
+    publish(volume / "artifacts", "broken", release_archive("broken", broken=True))
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_PUMA, str(layout.root), "2"], start_new_session=True)
+    pidfile = volume / "puma.pid"
+    pidfile.write_text(str(proc.pid))
+    try:
+        for _ in range(100):
+            view = puma.find_puma(puma.read_processes(), proc.pid)
+            if view is not None and len(view.workers) == 2:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the stand-in Puma did not start its workers")
+        time.sleep(0.6)  # booted
+        yield layout, source, pidfile
+    finally:
+        os.killpg(proc.pid, 9)  # the master and its workers
+        proc.wait()
+
+
+def boot_agent(layout: Layout, pidfile: Path) -> Agent:
+    """The default deadline (120s): a release that cannot boot must fail long before it."""
+    config = AgentConfig.resolve(env={"CFO_CODE_PATH": str(layout.root), "CFO_PUMA_PIDFILE": str(pidfile)})
+    assert (config.restart_deadline, config.boot_failures) == (120, 3)
+    return Agent(config)
+
+
+@pytest.mark.parametrize("mode", ["phased", "hot"])
+def test_a_release_that_cannot_boot_fails_on_its_crash_loop_and_puma_is_restarted_on_the_old_release(
+        fake_puma: tuple[Layout, str, Path], mode: str) -> None:
+    layout, source, pidfile = fake_puma
+    agent = boot_agent(layout, pidfile)
+    before = links(layout)
+    assert agent.start(Request("broken", source, restart=mode)) is True
+    agent.wait(600)
+    status = agent.status()
+    assert status["state"] == "failed", status
+    # Both slots of a hot restart crash at once: the count can pass 3 in one view.
+    failed = re.match(rf"release broken cannot boot: (\d+) new workers exited during the {mode} restart; ",
+                      status["error"])
+    assert failed is not None and int(failed.group(1)) >= 3, status["error"]
+    assert "restart not done after" not in status["error"]  # the crash loop, not the deadline, ended it
+    assert f"current and previous restored, and Puma restarted on the old release ({mode} restart)" in status["error"]
+    assert (status["reverted"], status["puma_restored"]) == (True, True)
+    assert links(layout) == before and (status["release"], status["previous"]) == ("v1", "v0")
+    assert status["puma"]["workers"] == 2 and status["puma"]["bootFailures"] == 0  # the revert's restart
+    # The controller's rollback to v1: nothing to do.
+    assert agent.start(Request("v1", source, restart=mode)) is False
+    assert agent.status()["state"] == "done"
+
+
+def test_when_the_old_release_crash_loops_too_the_wait_for_it_stops_and_says_so(
+        fake_puma: tuple[Layout, str, Path]) -> None:
+    layout, source, pidfile = fake_puma
+    # v1's workers booted; from now on a new one cannot (say, a secret it reads at boot is gone).
+    (layout.root / "releases" / "v1" / "config.ru").write_text('raise "v1 cannot boot either"\n')
+    agent = boot_agent(layout, pidfile)
+    before = links(layout)
+    assert agent.start(Request("broken", source)) is True
+    agent.wait(600)
+    status = agent.status()
+    assert status["state"] == "failed", status
+    assert status["error"].startswith("release broken cannot boot: 3 new workers exited during the phased restart")
+    assert ("current and previous restored, but Puma could not be brought back: release v1 cannot boot: 3 new "
+            "workers exited during the phased restart") in status["error"], status["error"]
+    assert (status["reverted"], status["puma_restored"]) == (True, False)
+    assert links(layout) == before
+    assert agent.start(Request("v1", source)) is True  # Puma is not back on v1: asking again is real work
+    agent.wait(600)
+
+
+def test_the_boot_failures_setting_comes_from_the_environment() -> None:
+    assert AgentConfig.resolve(env={}).boot_failures == 3
+    assert AgentConfig.resolve(env={"CFO_BOOT_FAILURES": "5"}).boot_failures == 5
+    assert AgentConfig.resolve(env={"CFO_BOOT_FAILURES": "0"}).boot_failures == 0  # only the deadline

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from agent.puma import (
+    BootWatch,
     Process,
+    PumaView,
     Stats,
+    cannot_boot_message,
     find_puma,
     parse_cmdline,
     parse_stat,
@@ -80,6 +83,76 @@ def test_a_restart_is_done_when_every_worker_slot_is_newer_than_the_signal(
 def test_workers_are_up_when_all_are_new_and_the_control_app_says_they_booted(stats: Stats | None, up: bool) -> None:
     assert workers_up(find_puma(TABLE), 1300, 2, stats) is up
     assert workers_up(find_puma(TABLE), 1450, 2, stats) is False
+
+
+MASTER = Process(7000, 1, 100, "puma 5.6.5 (tcp://0.0.0.0:3000) [app]")
+SIGNAL = 1000
+"""The restart's signal, in clock ticks since boot: workers started before it are old."""
+
+
+def worker(pid: int, start: int, index: int = 0, parent: int = MASTER.pid) -> Process:
+    return Process(pid, parent, start, f"puma: cluster worker {index}: {MASTER.pid} [app]")
+
+
+OLD_0, OLD_1 = worker(7001, 200, 0), worker(7002, 210, 1)
+
+# Each step: the workers in one view of the process table, and whether the restart is done in it.
+BOOT_CASES = {
+    "a phased restart replaces the old workers one at a time: they leave on purpose": (
+        [([OLD_0, OLD_1], False), ([OLD_1], False), ([worker(7010, 1100), OLD_1], False),
+         ([worker(7010, 1100)], False), ([worker(7010, 1100), worker(7011, 1300, 1)], True)], 0, ()),
+    "a phased restart onto a release that cannot boot: one slot crash-loops, the old worker stays": (
+        [([OLD_0, OLD_1], False), ([OLD_1], False), ([worker(7010, 1100), OLD_1], False),
+         ([OLD_1], False), ([worker(7012, 1600), OLD_1], False), ([worker(7014, 2100), OLD_1], False),
+         ([worker(7016, 2600), OLD_1], False)], 3, (7010, 7012, 7014)),
+    "a crash loop faster than the views: each new worker seen once, replaced by the next": (
+        [([OLD_1], False), ([worker(7010, 1001), OLD_1], False), ([worker(7020, 1021), OLD_1], False),
+         ([worker(7030, 1041), OLD_1], False), ([OLD_1], False)], 3, (7010, 7020, 7030)),
+    "a hot restart: the re-exec'd master (same pid) has all new workers, the old ones are gone": (
+        [([OLD_0, OLD_1], False), ([], False), ([worker(7020, 1400)], False),
+         ([worker(7020, 1400), worker(7021, 1405, 1)], True)], 0, ()),
+    "a hot restart onto a release that cannot boot: every slot crash-loops": (
+        [([], False), ([worker(7020, 1400), worker(7021, 1405, 1)], False),
+         ([worker(7022, 1900), worker(7023, 1905, 1)], False), ([], False)], 4, (7020, 7021, 7022, 7023)),
+    "a new worker that exits after the restart is done does not count": (
+        [([worker(7010, 1100), OLD_1], False), ([worker(7010, 1100), worker(7011, 1300, 1)], True),
+         ([worker(7011, 1300, 1)], False), ([worker(7012, 1900), worker(7011, 1300, 1)], False)], 0, ()),
+    "an exit in the very view that finds the restart done still counts": (
+        [([worker(7010, 1100), worker(7011, 1300, 1)], False),
+         ([worker(7012, 1400), worker(7011, 1300, 1)], True)], 1, (7010,)),
+    "a worker started in the signal's own tick is new; a child of another process is no worker": (
+        [([worker(7010, SIGNAL), worker(7040, 1100, parent=4242)], False), ([], False)], 1, (7010,)),
+}
+
+
+@pytest.mark.parametrize(("steps", "failures", "exited"), BOOT_CASES.values(), ids=BOOT_CASES.keys())
+def test_a_restarts_failed_boots_are_its_new_workers_that_exit_before_it_is_done(
+        steps: list[tuple[list[Process], bool]], failures: int, exited: tuple[int, ...]) -> None:
+    watch = BootWatch(SIGNAL)
+    counts = [watch.observe(find_puma([MASTER, *workers], MASTER.pid), done) for workers, done in steps]
+    assert counts[-1] == watch.failures == failures and watch.exited == exited
+    assert counts == sorted(counts)  # level-based: a count never goes back
+
+
+def test_a_view_without_the_master_tells_nothing_about_the_workers() -> None:
+    watch = BootWatch(SIGNAL)
+    watch.observe(PumaView(MASTER, (worker(7010, 1100),)))
+    assert watch.observe(None) == 0 and watch.alive == {7010}
+    assert watch.observe(PumaView(MASTER, ())) == 1
+
+
+@pytest.mark.parametrize(("release", "mode", "tail", "message"), [
+    ("v3", "phased", None,
+     "release v3 cannot boot: 3 new workers exited during the phased restart; the old workers keep serving"),
+    ("v3", "hot", "! Unable to start worker | Early termination of worker",
+     "release v3 cannot boot: 3 new workers exited during the hot restart; no worker serves until Puma is "
+     "restarted on a release that boots; Puma said: ! Unable to start worker | Early termination of worker"),
+    (None, "phased", None,
+     "the release cannot boot: 3 new workers exited during the phased restart; the old workers keep serving"),
+])
+def test_a_release_that_cannot_boot_is_said_in_one_line(release: str | None, mode: str, tail: str | None,
+                                                          message: str) -> None:
+    assert cannot_boot_message(release, 3, mode, tail) == message
 
 
 @pytest.mark.parametrize(("config", "preload"), [
