@@ -9,13 +9,16 @@ STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cu
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: bench bench-quick help venv debian-packages k8s-binaries lint unit integration test cluster demo preflight install upgrade uninstall clean
+.PHONY: bench bench-quick help venv debian-packages k8s-binaries images lint unit integration node test cluster cluster-down demo preflight install upgrade uninstall clean
 
 help:
 	@echo "make demo         run the local demo on an embedded control plane"
 	@echo "make test         lint + unit + integration tests (real etcd, kube-apiserver, controller-manager)"
-	@echo "make cluster      start the same control plane and the webhook by hand; prints KUBECONFIG"
-	@echo "make k8s-binaries build/cache etcd, kube-apiserver, kube-controller-manager, kubectl"
+	@echo "make cluster      start the real node with the product installed and leave it up; prints KUBECONFIG"
+	@echo "make cluster-down tear down what make cluster left up"
+	@echo "make k8s-binaries build/cache etcd, kube-apiserver, kube-controller-manager, kubectl, kubelet,"
+	@echo "                  kube-scheduler, kube-proxy and local-path-provisioner"
+	@echo "make images       build/cache our images (images/Dockerfile, by buildah) and the Puma app image"
 	@echo "make bench        benchmarks (make bench-quick: a smaller run)"
 	@echo "make preflight    check the current kubectl context (and AWS) before installing"
 	@echo "make install      install cluster-wide into the current kubectl context (upgrade, uninstall)"
@@ -30,6 +33,10 @@ venv: $(STAMP)
 
 k8s-binaries:
 	@bash tests/k8s/build.sh >/dev/null
+	@bash tests/k8s/build-provisioner.sh >/dev/null
+
+images: venv debian-packages
+	$(PY) -m tests.harness.images >/dev/null
 
 debian-packages:
 	@bash scripts/debian-packages
@@ -43,14 +50,21 @@ unit: venv
 integration: venv debian-packages k8s-binaries
 	$(PY) -m pytest -q tests/integration
 
+# Real pods on a real kubelet (root): tests/node and the demo.
+node: venv debian-packages k8s-binaries images
+	$(PY) -m pytest -q -m node tests
+
 # pytest exits 5 when it collects no test; make treats any non-zero exit as failure.
-test: venv debian-packages k8s-binaries lint
+test: venv debian-packages k8s-binaries images lint
 	$(PY) -m pytest -q tests
 
-cluster: venv debian-packages k8s-binaries
+cluster: venv debian-packages k8s-binaries images
 	$(PY) -m tests.harness.cluster
 
-demo: venv debian-packages k8s-binaries
+cluster-down: venv
+	$(PY) -m tests.harness.cluster --down
+
+demo: venv debian-packages k8s-binaries images
 	$(PY) -m tests.harness.demo
 
 $(BENCH_STAMP): $(STAMP)

@@ -223,6 +223,10 @@ def sweep_leftovers(graceful: bool = False) -> bool:
     except (OSError, ValueError):
         record = {}
     workdir = record.get("workdir")
+    alive = [pid for pid, started in record.get("pids", []) if started is not None and start_ticks(pid) == started]
+    if not graceful and alive:
+        raise ControlPlaneError(f"a real node is already running here ({workdir}, pids {alive[:5]}); "
+                                "only one can run at a time: stop it first (make cluster-down)")
     if not graceful:
         print(f"node: cleaning up after an earlier run that did not stop ({workdir})", file=sys.stderr)
     if graceful and record.get("kubectl"):
