@@ -144,10 +144,10 @@ def test_an_agent_that_may_not_signal_moves_nothing(volume: Path, stand_in: subp
                                                     restart: str) -> None:
     """As on a kubelet where the agent runs as another uid than Puma, without an effective CAP_KILL."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to run the agent as another uid")
+        pytest.fail("needs root to run the agent as another uid (make test runs as root, like the real node)")
     python = system_python()
     if python is None:
-        pytest.skip("no system Python >= 3.11 that another uid can run")
+        pytest.fail("no system Python >= 3.11 that another uid can run: make test installs Debian's python3")
     layout, source = prepared(volume)
     pidfile = volume / "puma.pid"
     pidfile.write_text(str(stand_in.pid))
@@ -172,7 +172,7 @@ def test_the_agents_release_logic_imports_on_an_early_python_311() -> None:
     (agent.server needs `cryptography`, which that bare interpreter lacks; it uses nothing newer.)"""
     python = system_python()
     if python is None or sys.version_info[:2] != (3, 11):
-        pytest.skip("no system Python 3.11 to try")
+        pytest.fail("no system Python 3.11 to try: make test installs Debian's python3")
     done = subprocess.run([python, "-c", "import agent.operation, agent.cli, agent.worker, agent.archive, "
                            "agent.release, agent.tree, agent.fetch"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
