@@ -212,6 +212,29 @@ def delete_pods_through(kubectl: list[str], containerd_socket: str, timeout: flo
     logger.warning("pods still present after %.0fs; removing them by force", timeout)
 
 
+class NodeBusy(ControlPlaneError):
+    """Another real node runs on this machine (they share the bridge, its address and cgroups)."""
+
+
+def wait_for_other_node(limit: float) -> None:
+    """Sweep a crashed run's leftovers; wait up to `limit` seconds (CFO_NODE_WAIT) for a running
+    node to stop, saying so once, or fail at once when the limit is 0."""
+    deadline = time.monotonic() + limit
+    told = False
+    while True:
+        try:
+            sweep_leftovers()
+            return
+        except NodeBusy:
+            if time.monotonic() >= deadline:
+                raise
+            if not told:
+                print(f"node: waiting up to {limit:.0f}s for the other real node to stop ...", file=sys.stderr,
+                      flush=True)
+                told = True
+            time.sleep(5)
+
+
 def sweep_leftovers(graceful: bool = False) -> bool:
     """Remove what an earlier run left: one killed outright, or one `make cluster` left up on
     purpose (graceful: its pods are deleted through the API first). False when there was none."""
@@ -225,8 +248,8 @@ def sweep_leftovers(graceful: bool = False) -> bool:
     workdir = record.get("workdir")
     alive = [pid for pid, started in record.get("pids", []) if started is not None and start_ticks(pid) == started]
     if not graceful and alive:
-        raise ControlPlaneError(f"a real node is already running here ({workdir}, pids {alive[:5]}); "
-                                "only one can run at a time: stop it first (make cluster-down)")
+        raise NodeBusy(f"a real node is already running here ({workdir}, pids {alive[:5]}); "
+                       "only one can run at a time: stop it first (make cluster-down)")
     if not graceful:
         print(f"node: cleaning up after an earlier run that did not stop ({workdir})", file=sys.stderr)
     if graceful and record.get("kubectl"):
@@ -290,7 +313,7 @@ class Node:
 
     def start(self) -> Node:
         require_root_and_tools()
-        sweep_leftovers()
+        wait_for_other_node(float(os.environ.get("CFO_NODE_WAIT", "0")))
         started = time.monotonic()
         bin_dir = binaries()
         provisioner = provisioner_binary()

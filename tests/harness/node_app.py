@@ -290,6 +290,13 @@ class WebApp:
         self.prepare(labels)
         return self.apply(deployment)
 
+    def deploy(self, release: str = "v1", **manifest: Any) -> list[dict[str, Any]]:
+        """Create the app on `release` from S3 and wait until it is ready, serving and Complete."""
+        self.create(self.manifest(release, self.product.sources.s3(), **manifest))
+        pods = self.wait_ready(serving=release)
+        self.wait_rollout(release, ("Complete",))
+        return pods
+
     def prepare(self, labels: dict[str, str] | None = None) -> None:
         """The namespace, the Service, and what the release sources need in the namespace."""
         namespace = {"apiVersion": "v1", "kind": "Namespace",

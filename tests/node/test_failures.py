@@ -46,9 +46,7 @@ def test_a_release_that_cannot_be_fetched_or_installed_changes_nothing(app: WebA
                                                                         expected: str) -> None:
     app.product.sources.publish("evil", evil_archive())
     app.replicas = 2
-    app.create(app.manifest("v1", app.product.sources.s3()))
-    app.wait_ready(serving="v1")
-    app.wait_rollout("v1", ("Complete",))
+    app.deploy("v1")
     before = state(app)
     app.kubectl("annotate", "deployment", "web", f"{c.RELEASE}={release}", "--overwrite")
     rollout = app.wait_rollout(release, ("Failed", "RolledBack"))
@@ -58,9 +56,7 @@ def test_a_release_that_cannot_be_fetched_or_installed_changes_nothing(app: WebA
 
 
 def test_an_unbootable_release_is_stopped_at_the_canary_and_rolled_back_with_nothing_dropped(app: WebApp) -> None:
-    app.create(app.manifest("v1", app.product.sources.s3()))
-    app.wait_ready(serving="v1")
-    app.wait_rollout("v1", ("Complete",))
+    app.deploy("v1")
     before, uids = state(app), app.uids()
     load = Load(app.cluster_ip(), 80, rate=100).start()
     time.sleep(1)

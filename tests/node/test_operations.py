@@ -30,9 +30,7 @@ def leader(app: WebApp) -> str:
 
 def test_the_controller_leader_deleted_mid_rollout_hands_over_and_no_agent_is_asked_twice(app: WebApp) -> None:
     app.replicas = 4
-    app.create(app.manifest("v1", app.product.sources.s3()))
-    app.wait_ready(serving="v1")
-    app.wait_rollout("v1", ("Complete",))
+    app.deploy("v1")
     first = leader(app)
     app.kubectl("annotate", "deployment", "web", f"{c.RELEASE}=v2", "--overwrite")
     app.node.wait("the first batch to start", lambda: app.rollout().get("release") == "v2"

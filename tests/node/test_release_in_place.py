@@ -83,9 +83,7 @@ class PodCounter:
 
 
 def test_a_release_under_load_moves_every_pod_in_place_and_drops_nothing(app: WebApp) -> None:
-    app.create(app.manifest("v1", app.product.sources.s3()))
-    app.wait_ready(serving="v1")
-    app.wait_rollout("v1", ("Complete",))
+    app.deploy("v1")
     before_uids, before_sets = app.uids(), app.replicasets()
     workers_before = {s for s in serving(app)}
     assert workers_before == {"v1"}
