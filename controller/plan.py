@@ -202,7 +202,9 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
             if pod is None:
                 continue  # deleted mid-batch: the ReplicaSet replaces it from the ConfigMap
             agent, want = pod.agent, rollout.batchRelease
-            if agent and agent.state == "done" and agent.release == want:
+            # idle: the agent started on `want` (a pod born from the ConfigMap, or an agent
+            # restarted after its switch) and a request for it is a no-op that leaves it idle.
+            if agent and agent.state in ("done", "idle") and agent.release == want:
                 actions.mark[name] = want  # type: ignore[assignment]
             elif agent and agent.state == "failed" and agent.target == want:
                 failure = (name, agent.error or "the agent reported failure")

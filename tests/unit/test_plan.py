@@ -201,6 +201,25 @@ def test_scaling_up_mid_rollout_includes_the_new_running_pods() -> None:
     assert world.pods["web-9"].serving == "v2" and world.rollout.total == 4
 
 
+def test_a_batch_pod_whose_agent_was_born_on_the_release_counts_as_done() -> None:
+    """A pod created from the ConfigMap mid-rollout is Running before its agent answers, so it
+    can land in a batch unverified. Asked for v2, its agent has nothing to do and stays idle on
+    v2: the batch must take that as done, not wait for its deadline and roll back."""
+    spec = Spec("v2", "s", replicas=3, canary=1, max_unavailable="1", batch_deadline_seconds=30)
+    states = [*pods(2), PodState("web-new", True, None, None)]  # its agent not listening yet
+    world = World(spec, states)
+    world.step()  # the canary
+    world.step()  # the next batch: web-1
+    assert world.rollout.batch == ("web-1",)
+    world.step()  # web-new is pending and unverified: it is the next batch
+    assert world.rollout.batch == ("web-new",)
+    world.pods["web-new"] = PodState("web-new", True, None, AgentView("idle", None, "v2"))  # a no-op ask
+    world.step()
+    assert world.pods["web-new"].serving == "v2" and not world.rollout.batch
+    world.run()
+    assert world.rollout.phase == COMPLETE and world.rollout.updated == 3
+
+
 def test_the_rollout_annotation_round_trips() -> None:
     rollout = Rollout("v2", "v1", PROGRESSING, 1, 3, "batch 1", ("web-0",), "v2", NOW, 1)
     assert Rollout.from_annotation(rollout.to_annotation()) == rollout
