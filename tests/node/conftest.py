@@ -5,6 +5,7 @@ built, or the session fails saying what is missing.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -20,6 +21,8 @@ RELEASES = ("v1", "v2", "v3", "v4")
 
 @pytest.fixture(scope="session")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    # Only one real node runs on a machine; a test session waits its turn rather than failing.
+    os.environ.setdefault("CFO_NODE_WAIT", "1800")
     with running_node(tmp_path_factory.mktemp("node")) as started:
         print(f"\nreal node: built/checked in {started.timings['build']:.0f}s, images imported in "
               f"{started.timings['import']:.0f}s, started in {started.timings['start']:.0f}s")
