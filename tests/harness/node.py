@@ -15,6 +15,7 @@ first sweeps what the crashed run left. Requires Linux and root.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -216,16 +217,40 @@ class NodeBusy(ControlPlaneError):
     """Another real node runs on this machine (they share the bridge, its address and cgroups)."""
 
 
-def wait_for_other_node(limit: float) -> None:
-    """Sweep a crashed run's leftovers; wait up to `limit` seconds (CFO_NODE_WAIT) for a running
-    node to stop, saying so once, or fail at once when the limit is 0."""
+def _try_lock() -> int | None:
+    """The machine's one real-node lock, held by the process that starts (and runs) a node.
+
+    The kernel drops it when that process dies, however it dies, so a crashed run never blocks
+    the next; a node left up by `make cluster` is recognised by its recorded processes instead.
+    """
+    path = state_file().with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def wait_for_other_node(limit: float) -> int:
+    """Take the node lock and sweep a crashed run's leftovers; wait up to `limit` seconds
+    (CFO_NODE_WAIT) for a running node to stop, saying so once, or fail at once when the limit
+    is 0. Returns the lock's file descriptor, to be closed when this node has stopped."""
     deadline = time.monotonic() + limit
     told = False
     while True:
+        fd = _try_lock()
         try:
+            if fd is None:
+                raise NodeBusy("a real node is starting or running in another process on this machine; only "
+                               "one can run at a time")
             sweep_leftovers()
-            return
+            return fd
         except NodeBusy:
+            if fd is not None:
+                os.close(fd)
             if time.monotonic() >= deadline:
                 raise
             if not told:
@@ -293,6 +318,7 @@ class Node:
     started_at: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     extra_pids: list[int] = field(default_factory=list)
+    lock_fd: int | None = None
 
     @property
     def kubeconfig(self) -> Path:
@@ -313,7 +339,7 @@ class Node:
 
     def start(self) -> Node:
         require_root_and_tools()
-        wait_for_other_node(float(os.environ.get("CFO_NODE_WAIT", "0")))
+        self.lock_fd = wait_for_other_node(float(os.environ.get("CFO_NODE_WAIT", "0")))
         started = time.monotonic()
         bin_dir = binaries()
         provisioner = provisioner_binary()
@@ -635,6 +661,9 @@ state = "{base / 'state'}"
             self.host.restore()
         shutil.rmtree(self.workdir, ignore_errors=True)
         state_file().unlink(missing_ok=True)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
 
 @contextlib.contextmanager
