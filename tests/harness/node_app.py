@@ -248,6 +248,17 @@ class Product:
     def agent(self, pod: dict[str, Any]) -> AgentClient:
         return AgentClient(f"https://{pod['status']['podIP']}:9443", self.certs / "tls.crt", self.certs / "tls.key")
 
+    def leader(self) -> str:
+        """The controller pod that holds the Lease (its identity is its pod name)."""
+        lease = json.loads(self.node.kubectl("-n", INSTALL_NAMESPACE, "get", "lease", "customer-friendly-controller",
+                                             "-o", "json").stdout)
+        return lease["spec"].get("holderIdentity") or ""
+
+    def restart_count(self, pod_name: str, container: str) -> int:
+        pod = json.loads(self.node.kubectl("-n", INSTALL_NAMESPACE, "get", "pod", pod_name, "-o", "json").stdout)
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        return next(s.get("restartCount", 0) for s in statuses if s["name"] == container)
+
 
 @dataclass
 class WebApp:
@@ -434,3 +445,16 @@ class WebApp:
 
 def scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="cfo-node-"))
+
+
+def kill_container(node: Node, namespace: str, pod_name: str, container: str) -> None:
+    """SIGKILL a running container's process from the node, as the OOM killer or a crash does:
+    no SIGTERM, no preStop, nothing cleaned up. The kubelet then restarts the container in the
+    same pod (its restartCount goes up by one)."""
+    pod = json.loads(node.kubectl("-n", namespace, "get", "pod", pod_name, "-o", "json").stdout)
+    status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == container)
+    container_id = status["containerID"].split("://", 1)[1]
+    result = subprocess.run(["ctr", "--address", str(node.containerd_socket), "-n", "k8s.io", "tasks", "kill",
+                             "--signal", "SIGKILL", container_id], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ControlPlaneError(f"could not kill {namespace}/{pod_name}/{container}: {result.stderr.strip()}")
