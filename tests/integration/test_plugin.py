@@ -70,7 +70,7 @@ def test_rollback_pause_and_resume(fleet: Fleet) -> None:
 def test_a_release_that_rolls_back_exits_non_zero(fleet: Fleet) -> None:
     result = cfo(fleet, "release", "web", "broken", "--wait")
     assert result.returncode == 1
-    assert "RolledBack:" in result.stderr and "restart not done" in result.stderr
+    assert "RolledBack:" in result.stderr and "cannot boot" in result.stderr
 
 
 def test_errors_go_to_stderr_with_a_non_zero_exit(fleet: Fleet) -> None:
