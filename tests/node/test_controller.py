@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -36,9 +37,26 @@ def pod_releases(app: WebApp) -> dict[str, str | None]:
     return {p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(c.RELEASE) for p in app.pods()}
 
 
+def configmap(app: WebApp) -> dict[str, Any]:
+    return json.loads(app.kubectl("get", "configmap", c.release_configmap_name(app.name), "-o", "json").stdout)
+
+
 def configmap_release(app: WebApp) -> str:
-    configmap = json.loads(app.kubectl("get", "configmap", c.release_configmap_name(app.name), "-o", "json").stdout)
-    return configmap["data"]["release"]
+    return configmap(app)["data"]["release"]
+
+
+def event_reasons(app: WebApp) -> list[str]:
+    items = json.loads(app.kubectl("get", "events", "--field-selector",
+                                   f"involvedObject.kind=Deployment,involvedObject.name={app.name}", "-o",
+                                   "json").stdout)["items"]
+    return [e.get("reason") or "" for e in items]
+
+
+def controller_metrics(app: WebApp) -> str:
+    """/metrics of the controller that leads now, at its pod IP."""
+    pod = next(p for p in app.product.pods("controller") if p["metadata"]["name"] == app.product.leader())
+    with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/metrics", timeout=5) as response:
+        return response.read().decode()
 
 
 def test_the_controller_process_killed_mid_batch_finishes_the_rollout_asking_each_agent_once(app: WebApp) -> None:
@@ -77,7 +95,38 @@ def test_the_controller_process_killed_mid_batch_finishes_the_rollout_asking_eac
         assert status["release"] == "v2"
         assert status["asked"] == {"v2": 1}, (pod["metadata"]["name"], status["asked"])
         assert app.links(pod) == ("releases/v2", "releases/v1")
+    held = configmap(app)
+    assert held["data"] == {"release": "v2", "source": app.product.sources.s3()}
+    assert [(o["kind"], o["name"]) for o in held["metadata"]["ownerReferences"]] == [("Deployment", "web")]
+    reasons = event_reasons(app)
+    assert {"RolloutStarted", "BatchStarted", "BatchDone", "RolloutComplete"} <= set(reasons), reasons
     app.product.wait_available()
+    metrics = controller_metrics(app)
+    assert 'cfo_controller_rollouts_total{outcome="Complete"}' in metrics
+    assert "cfo_controller_pods_updated_total" in metrics
+
+
+def test_a_release_that_cannot_boot_is_asked_of_the_canary_only_and_rolled_back(app: WebApp) -> None:
+    """The failure under load is in test_failures.py; here, what the controller did: one agent
+    ever saw the broken release, the ConfigMap went back, and the Events say so."""
+    app.replicas = 3
+    app.deploy("v1")
+    uids = app.uids()
+    app.kubectl("annotate", "deployment", "web", f"{c.RELEASE}=broken", "--overwrite")
+    rollout = app.wait_rollout("broken", ("RolledBack",), timeout=240)
+    canary = rollout["failedPod"]
+    assert canary in uids, rollout
+    for pod in app.pods():
+        name, status = pod["metadata"]["name"], app.agent_status(pod)
+        # The canary was asked for broken once, then back to v1 (a no-op after the agent's own revert).
+        assert status["asked"] == ({"broken": 1, "v1": 1} if name == canary else {}), (name, status["asked"])
+        assert (status["release"], app.links(pod)) == ("v1", ("releases/v1", None))
+    assert configmap_release(app) == "v1"
+    assert set(pod_releases(app).values()) == {"v1"}
+    reasons = event_reasons(app)
+    assert {"RolloutFailed", "RollingBack", "RolledBack"} <= set(reasons), reasons
+    assert app.uids() == uids
+    assert set(app.restarts().values()) == {0}, app.restarts()
 
 
 def test_two_releases_in_quick_succession_end_on_the_second(app: WebApp) -> None:
