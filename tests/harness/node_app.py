@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -57,22 +58,34 @@ run ->(env) {{
 BROKEN_APP = 'raise "release {release} cannot boot: missing SECRET_KEY_BASE"\n'
 
 
+def web_files(release: str, broken: bool = False, workers: int = 2) -> dict[str, str]:
+    """The files of a Puma release: the Rack app and its config/puma.rb."""
+    return {"config.ru": (BROKEN_APP if broken else GOOD_APP).format(release=release),
+            "config/puma.rb": PUMA_CONFIG.format(workers=workers, port=PUMA_PORT)}
+
+
+def release_tarball(files: dict[str, str | bytes], executable: tuple[str, ...] = ()) -> bytes:
+    """A release artifact holding `files` (path -> content), with a directory entry for each
+    parent; the paths in `executable` get mode 0755, the others 0644."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        directories = sorted({str(parent) for name in files for parent in Path(name).parents if str(parent) != "."})
+        for name in directories:
+            directory = tarfile.TarInfo(name)
+            directory.type, directory.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(directory)
+        for name, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755 if name in executable else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def node_release(release: str, broken: bool = False, workers: int = 2) -> bytes:
     """A release as a Rails app ships one: the app and its config/puma.rb. It answers
     `<release> <worker pid>`, so a test sees which code and which worker served it."""
-    buf = io.BytesIO()
-    files = {"config.ru": (BROKEN_APP if broken else GOOD_APP).format(release=release),
-             "config/puma.rb": PUMA_CONFIG.format(workers=workers, port=PUMA_PORT)}
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        directory = tarfile.TarInfo("config")
-        directory.type, directory.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(directory)
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return release_tarball(dict(web_files(release, broken, workers)))
 
 
 @dataclass
@@ -137,6 +150,18 @@ class Sources:
         for suffix in ("", ".sha256"):
             client.put_object(Bucket=BUCKET, Key=f"web/{release}.tar.gz{suffix}",
                               Body=(self.files / f"{release}.tar.gz{suffix}").read_bytes())
+
+    def s3_at(self, prefix: str) -> str:
+        """An S3 source of releases of its own (`publish_at` fills it), beside the shared `web/`."""
+        return f"s3://{BUCKET}/{prefix}/{{release}}.tar.gz"
+
+    def publish_at(self, prefix: str, release: str, data: bytes) -> None:
+        """An artifact and its .sha256 in S3 under `prefix`, read through `s3_at(prefix)`."""
+        digest = hashlib.sha256(data).hexdigest()
+        client = self._client()
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{release}.tar.gz", Body=data)
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{release}.tar.gz.sha256",
+                          Body=f"{digest}  {release}.tar.gz\n".encode())
 
     def policy(self, files: bool = False) -> dict[str, str]:
         """What a cluster admin sets so that our containers reach these sources (policy keys).
@@ -441,6 +466,60 @@ class WebApp:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
         return subprocess.run([str(self.node.control.kubectl_path), "cfo", *args, "-n", self.namespace],
                               capture_output=True, text=True, env=env, timeout=timeout, check=False)
+
+    # --- workers and migration Jobs ---------------------------------------------------------
+
+    def worker_manifest(self, release: str, source: str, jobs: Path, *, title: str = "worker-app",
+                        annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        """An opted-in Deployment (named `self.name`) of the Ruby worker of worker_app.py, released
+        with `restart: drain` and found by its title. Its queue is the host directory `jobs`
+        (`queue/` and `done/`), mounted at /jobs: test setup that lets the test hand it jobs
+        and see them done; a real worker would use Redis."""
+        notes = {c.ENABLED: "true", c.RELEASE: release, c.SOURCE: source, c.RESTART: "drain",
+                 c.PROCESS: f"^{title} ", c.CANARY: "1", c.MAX_UNAVAILABLE: "1", c.PRE_STOP_SECONDS: "3",
+                 c.MAX_REQUEST_SECONDS: "5", **(annotations or {})}
+        for sub in ("queue", "done"):
+            (jobs / sub).mkdir(parents=True, exist_ok=True)
+        container: dict[str, Any] = {
+            "name": "worker", "image": images.APP_IMAGE_ROOT, "imagePullPolicy": "Never",
+            "command": ["ruby", "/app/current/worker.rb", "/jobs/queue", "/jobs/done"],
+            "env": [{"name": "WORKER_NAME", "value": title}],
+            "volumeMounts": [{"name": "jobs", "mountPath": "/jobs"}],
+            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+        }
+        spec = {"containers": [container],
+                "volumes": [{"name": "jobs", "hostPath": {"path": str(jobs), "type": "Directory"}}]}
+        return {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": self.name, "namespace": self.namespace, "annotations": notes},
+                "spec": {"replicas": self.replicas, "selector": {"matchLabels": {"app": self.name}},
+                         "template": {"metadata": {"labels": {"app": self.name}}, "spec": spec}}}
+
+    def job(self, name: str) -> dict[str, Any] | None:
+        result = self.kubectl("get", "job", name, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def job_pods(self, name: str) -> list[dict[str, Any]]:
+        return json.loads(self.kubectl("get", "pods", "-l", f"job-name={name}", "-o", "json").stdout)["items"]
+
+    def jobs(self) -> list[str]:
+        return sorted(j["metadata"]["name"] for j in json.loads(self.kubectl("get", "jobs", "-o", "json").stdout)[
+            "items"])
+
+    def logs(self, pod: str, container: str) -> str:
+        return self.kubectl("logs", pod, "-c", container).stdout
+
+    def events(self) -> list[tuple[str, str]]:
+        """(reason, message) of the Events recorded on this Deployment, oldest first."""
+        items = json.loads(self.kubectl("get", "events", "--field-selector",
+                                        f"involvedObject.kind=Deployment,involvedObject.name={self.name}",
+                                        "-o", "json").stdout)["items"]
+        items.sort(key=lambda e: (e.get("lastTimestamp") or e.get("eventTime") or "", e["metadata"]["name"]))
+        return [(e.get("reason") or "", e.get("message") or "") for e in items]
+
+    def configmap_release(self) -> str | None:
+        result = self.kubectl("get", "configmap", c.release_configmap_name(self.name), "-o", "json", check=False)
+        return (json.loads(result.stdout).get("data") or {}).get(c.RELEASE_CONFIGMAP_KEY) \
+            if result.returncode == 0 else None
 
 
 def scratch_dir() -> Path:
