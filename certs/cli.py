@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from certs.names import CONTROLLER_CN
 from certs.pki import LeafSpec, Plan, Usage, Validity, plan
 from certs.store import CA, DirectoryStore, SecretStore, Store
 
@@ -20,7 +21,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "customer-friendly-system"
 DEFAULT_SERVICE = "customer-friendly-webhook"
-CONTROLLER_CN = "customer-friendly-controller"
 
 
 def leaf_specs(service: str, namespace: str, dns: list[str], ips: list[str]) -> dict[str, LeafSpec]:
