@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.archive import Limits
+from certs.names import CONTROLLER_CN
 
 # Every setting: (env name, flag, default, help). The webhook injects the CFO_* names.
 SETTINGS: list[tuple[str, str, str | None, str]] = [
@@ -24,8 +25,16 @@ SETTINGS: list[tuple[str, str, str | None, str]] = [
     ("CFO_AGENT_PORT", "--port", "9443", "port of the mutual-TLS API"),
     ("CFO_CLIENT_CA", "--client-ca", None, "PEM of the CA whose client certificates are accepted"),
     ("CFO_CLIENT_CA_FILE", "--client-ca-file", None, "file holding that PEM, instead of --client-ca"),
-    ("CFO_TLS_CERT", "--tls-cert", None, "serving certificate (default: a self-signed one made at start)"),
-    ("CFO_TLS_KEY", "--tls-key", None, "serving key"),
+    ("CFO_CLIENT_NAME", "--client-name", CONTROLLER_CN, "the only client accepted: the name (CN or DNS SAN) a "
+     "clientAuth certificate from that CA must carry"),
+    ("CFO_TLS_CERT", "--tls-cert", None, "serving certificate (default: one made in memory at start, never written)"),
+    ("CFO_TLS_KEY", "--tls-key", None, "serving key; refused on the code volume, which the app mounts too"),
+    ("CFO_AGENT_MAX_CONNECTIONS", "--max-connections", "512", "open API connections at most; beyond it the "
+     "oldest idle one is closed"),
+    ("CFO_AGENT_WORKERS", "--workers", "4", "threads answering API requests (idle connections hold none)"),
+    ("CFO_AGENT_HANDSHAKE_SECONDS", "--handshake-seconds", "10", "a TLS handshake not done by then is closed"),
+    ("CFO_AGENT_IDLE_SECONDS", "--idle-seconds", "30", "a connection without a request for this long is closed"),
+    ("CFO_AGENT_REQUEST_SECONDS", "--request-seconds", "10", "a request not fully received by then is closed"),
     ("CFO_PUMA_PIDFILE", "--puma-pidfile", None, "Puma's pidfile (default: find the master by its title)"),
     ("CFO_PUMA_CONTROL_URL", "--puma-control-url", None, "Puma control app URL, to watch restarts via /stats"),
     ("CFO_PUMA_CONTROL_TOKEN", "--puma-control-token", None, "control app token"),
@@ -65,6 +74,12 @@ class AgentConfig:
     restart_deadline: float
     process_pidfile: Path | None = None
     boot_failures: int = 3
+    client_name: str = CONTROLLER_CN
+    max_connections: int = 512
+    workers: int = 4
+    handshake_seconds: float = 10.0
+    idle_seconds: float = 30.0
+    request_seconds: float = 10.0
 
     @property
     def limits(self) -> Limits:
@@ -104,4 +119,17 @@ class AgentConfig:
             restart_deadline=float(values["CFO_RESTART_DEADLINE_SECONDS"]),
             process_pidfile=path("CFO_PROCESS_PIDFILE"),
             boot_failures=int(values["CFO_BOOT_FAILURES"]),
+            client_name=values["CFO_CLIENT_NAME"],
+            max_connections=_at_least(1, int(values["CFO_AGENT_MAX_CONNECTIONS"]), "CFO_AGENT_MAX_CONNECTIONS"),
+            workers=_at_least(1, int(values["CFO_AGENT_WORKERS"]), "CFO_AGENT_WORKERS"),
+            handshake_seconds=_at_least(0.1, float(values["CFO_AGENT_HANDSHAKE_SECONDS"]),
+                                        "CFO_AGENT_HANDSHAKE_SECONDS"),
+            idle_seconds=_at_least(0.1, float(values["CFO_AGENT_IDLE_SECONDS"]), "CFO_AGENT_IDLE_SECONDS"),
+            request_seconds=_at_least(0.1, float(values["CFO_AGENT_REQUEST_SECONDS"]), "CFO_AGENT_REQUEST_SECONDS"),
         )
+
+
+def _at_least(low: float, value: float, name: str) -> float:
+    if not value >= low:  # also refuses nan
+        raise ValueError(f"{name} must be at least {low:g}")
+    return value
