@@ -1,27 +1,86 @@
-"""Calls to the in-pod agents over mutual TLS: the controller's client certificate proves who
-it is. The agents' serving certificates are per-pod and self-signed, so they are not verified
-(see README: the pod IP comes from the API server, and the agent acts only on the client
-certificate).
+"""Calls to the in-pod agents over mutual TLS, and how the controller knows it reached one.
+
+The controller proves who it is with its client certificate (the agents accept that identity
+only). The other direction is harder, and this is what we chose and why (the full threat model
+is in docs-pending/agent-identity.md):
+
+- An agent's serving key is made in memory at each start and never written (the code volume
+  is the app's, and the controller may not read Secrets across namespaces, so no key issued by
+  the installation can reach the pod without a new distribution channel).
+- So there is no CA to verify an agent against. The controller pins each agent's certificate
+  instead: the first answer from a pod's agent fixes its SHA-256 for the life of that agent
+  container (pod uid + container id, from the API server: `agent_identity`). Any later
+  connection for the same agent that presents another certificate is refused before a
+  request is sent: an address reused by another pod, or taken over on the network, cannot
+  pose as an agent the controller has already spoken to.
+- What pinning does not cover is the first contact with a new agent container (trust on first
+  use, as ssh). Closing that needs a proof the API server vouches for: a projected service
+  account token with our audience in the agent, checked by TokenReview (see the document).
+
+Nothing secret is sent either way: requests carry a release id and a source URI, and the
+controller's key never leaves it, so an impostor learns little. The risk pinning bounds is
+being lied to (a false "done" that moves a rollout on).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import ssl
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import contract as c
+from certs.identity import fingerprint
 from controller.plan import AgentView
 
 logger = logging.getLogger(__name__)
 
+MAX_RESPONSE = 1024 * 1024
+"""An agent's status is a few KiB; more is not an agent."""
+
 
 class AgentError(RuntimeError):
-    """The agent could not be reached or refused the call."""
+    """The agent could not be reached, was not the agent we pinned, or refused the call."""
+
+
+def agent_identity(pod: dict[str, Any]) -> str | None:
+    """Which agent process a pod runs now, as the API server reports it: the pod's uid and its
+    agent container's id. A new agent key is expected only when this changes (a new pod, or
+    the agent container restarted); None when the kubelet has not reported the container yet."""
+    uid = (pod.get("metadata") or {}).get("uid")
+    status = pod.get("status") or {}
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        if container.get("name") == c.AGENT_CONTAINER and container.get("containerID") and uid:
+            return f"{uid}/{container['containerID']}"
+    return None
+
+
+class Pins:
+    """Agent identity -> the SHA-256 of the certificate it first presented. Bounded (oldest
+    forgotten first) and thread-safe: the controller's workers share one."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._pins: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, identity: str, sha256: str) -> str | None:
+        """None when `sha256` is (now) the pin for `identity`; else the pinned one."""
+        with self._lock:
+            pinned = self._pins.get(identity)
+            if pinned is None:
+                self._pins[identity] = sha256
+                while len(self._pins) > self.capacity:
+                    self._pins.popitem(last=False)
+                logger.info("pinned the agent certificate of %s: sha256 %s", identity, sha256)
+                return None
+            self._pins.move_to_end(identity)
+            return None if pinned == sha256 else pinned
 
 
 @dataclass(frozen=True)
@@ -29,41 +88,65 @@ class AgentClient:
     cert: Path
     key: Path
     timeout: float = 5.0
+    pins: Pins = field(default_factory=Pins, compare=False)
 
     def _context(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        # No CA can vouch for an agent's in-memory key (module docstring): the certificate is
+        # checked against its pin in _call, right after the handshake and before any request.
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        context.load_cert_chain(self.cert, self.key)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert, self.key)  # per call: a rotated certificate is picked up
         return context
 
-    def _call(self, ip: str, port: int, method: str, path: str, body: dict[str, Any] | None = None
-              ) -> tuple[int, dict[str, Any]]:
+    def _call(self, ip: str, port: int, method: str, path: str, body: dict[str, Any] | None = None,
+              identity: str | None = None) -> tuple[int, dict[str, Any]]:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"https://{ip}:{port}{path}", data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        where = f"agent at {ip}:{port}"
+        conn = http.client.HTTPSConnection(ip, port, context=self._context(), timeout=self.timeout)
         try:
-            with urllib.request.urlopen(request, context=self._context(), timeout=self.timeout) as response:
-                return response.status, json.load(response)
-        except urllib.error.HTTPError as err:
-            try:
-                return err.code, json.load(err)
-            except (ValueError, OSError):
-                return err.code, {"error": str(err)}
-        except (OSError, ValueError) as err:
-            raise AgentError(f"agent at {ip}:{port}: {err}") from err
+            conn.connect()
+            assert isinstance(conn.sock, ssl.SSLSocket)
+            presented = fingerprint(conn.sock.getpeercert(binary_form=True) or b"")
+            if identity is not None and (pinned := self.pins.check(identity, presented)) is not None:
+                logger.warning("%s presented certificate sha256 %s, not the one pinned for %s (sha256 %s)",
+                               where, presented, identity, pinned)
+                raise AgentError(f"{where} is not the agent first seen for this pod: its certificate changed "
+                                 f"(sha256 {presented[:16]}…, pinned {pinned[:16]}…) while its container did not; "
+                                 "refusing to talk to it")
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            raw = response.read(MAX_RESPONSE + 1)
+        except (OSError, http.client.HTTPException) as err:
+            raise AgentError(f"{where}: {err}") from err
+        finally:
+            conn.close()
+        if len(raw) > MAX_RESPONSE:
+            raise AgentError(f"{where}: answer larger than {MAX_RESPONSE} bytes")
+        try:
+            answer = json.loads(raw)
+        except (ValueError, RecursionError):
+            answer = None
+        if not isinstance(answer, dict):
+            if 200 <= response.status < 300:
+                raise AgentError(f"{where}: answer {response.status} is not a JSON object")
+            answer = {"error": f"HTTP {response.status} {response.reason}"}
+        return response.status, answer
 
-    def status(self, ip: str, port: int) -> AgentView:
-        code, body = self._call(ip, port, "GET", "/v1/status")
+    def status(self, ip: str, port: int, identity: str | None = None) -> AgentView:
+        """`identity` (agent_identity(pod)) pins the agent's certificate; without it nothing is pinned."""
+        code, body = self._call(ip, port, "GET", "/v1/status", identity=identity)
         if code != 200:
             raise AgentError(f"agent at {ip}:{port} answered {code}: {body.get('error')}")
         return AgentView(body.get("state", "idle"), body.get("target"), body.get("release"), body.get("error"))
 
     def release(self, ip: str, port: int, release: str, source: str, restart: str,
-                options: dict[str, Any] | None = None) -> int:
+                options: dict[str, Any] | None = None, identity: str | None = None) -> int:
         """Ask for a release; 200 (already there), 202 (started) and 409 (busy) are all answers."""
         code, body = self._call(ip, port, "POST", "/v1/release",
-                                {"release": release, "source": source, "restart": restart, **(options or {})})
+                                {"release": release, "source": source, "restart": restart, **(options or {})},
+                                identity=identity)
         if code not in (200, 202, 409):
             raise AgentError(f"agent at {ip}:{port} refused release {release}: {code} {body.get('error')}")
         return code
