@@ -18,8 +18,9 @@ components do is what is measured.
 
 Reported per strategy (medians of --runs): failed requests; p50, p99 and max latency before and
 during the release and their ratio; release wall time; peak extra pods; peak extra Puma
-processes; and the CPU seconds the release cost the machine (busy CPU during the release minus
-the busy rate of the baseline before it). JSON and a PNG chart go to bench/results/.
+processes; and the CPU seconds the release cost the cluster (CPU used by every pod and by the
+node's components during the release, minus their rate under the same load before it), beside
+how busy the whole machine was under that load. JSON and a PNG chart go to bench/results/.
 """
 
 from __future__ import annotations
@@ -74,11 +75,35 @@ def quantile(samples: list[Sample], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
-def busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy since boot (every core, from /proc/stat)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+def process_cpu_seconds(pid: int) -> float:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def cluster_cpu_seconds(node: Node) -> float:
+    """CPU seconds the cluster has used: every pod (the kubepods cgroup's accounting) plus the
+    node's own components (kubelet, containerd, API server, controller-manager, kube-proxy...).
+    The load generator and whatever else the machine runs do not count."""
+    pods = Path("/sys/fs/cgroup/cpuacct/kubepods/cpuacct.usage")
+    total = int(pods.read_text()) / 1e9 if pods.is_file() else 0.0
+    components = [*node.processes, *node.control.processes]
+    return total + sum(process_cpu_seconds(p.proc.pid) for p in components)
+
+
+def busy_fraction() -> float:
+    """How busy the whole machine is now (all cores), over a short look at /proc/stat."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(fields[:8]) - fields[3] - fields[4], sum(fields[:8])
+
+    busy0, total0 = sample()
+    time.sleep(1.0)
+    busy1, total1 = sample()
+    return (busy1 - busy0) / max(1, total1 - total0)
 
 
 def puma_processes() -> int:
@@ -147,15 +172,16 @@ class Bench:
         app.wait_serving("v1", timeout=120)
         base_puma = puma_processes()
         load = Load(app.cluster_ip(), 80, rate=self.args.rate).start()
-        busy_start, clock_start = busy_seconds(), time.monotonic()
+        machine = busy_fraction()
+        cpu_start, clock_start = cluster_cpu_seconds(self.node), time.monotonic()
         time.sleep(self.args.baseline)
-        baseline_rate = (busy_seconds() - busy_start) / (time.monotonic() - clock_start)
+        baseline_rate = (cluster_cpu_seconds(self.node) - cpu_start) / (time.monotonic() - clock_start)
         with Sampler(lambda: len(app.pods())) as sampler:
-            busy, started = busy_seconds(), time.monotonic()
+            cpu, started = cluster_cpu_seconds(self.node), time.monotonic()
             release()
             self.node.wait(f"{name} to finish", done, 600, interval=0.2)
             finished = time.monotonic()
-            spent = busy_seconds() - busy - baseline_rate * (finished - started)
+            spent = cluster_cpu_seconds(self.node) - cpu - baseline_rate * (finished - started)
         time.sleep(1)
         load.stop()
         before = [s for s in load.samples if s.sent_at < started]
@@ -163,7 +189,7 @@ class Bench:
         return Result(name, len(load.samples), len(load.failures()), quantile(before, .5), quantile(before, .99),
                       quantile(before, 1), quantile(during, .5), quantile(during, .99), quantile(during, 1),
                       finished - started, max(0, sampler.peak_pods - self.args.pods),
-                      max(0, sampler.peak_puma - base_puma), max(0.0, spent), 100 * baseline_rate / os.cpu_count())
+                      max(0, sampler.peak_puma - base_puma), spent, 100 * machine)
 
     def native(self, fixes: bool) -> Result:
         app = self._app()
@@ -229,14 +255,14 @@ def table(rows: list[Result]) -> str:
                      f"{pair(r.p99_before_ms, r.p99_during_ms):>14} {pair(r.max_before_ms, r.max_during_ms):>15} "
                      f"{r.release_seconds:>9.1f} {r.extra_pods:>5.0f} {r.extra_puma_processes:>5.0f} "
                      f"{r.release_cpu_seconds:>6.1f}")
-    lines.append("latency: during the release, x = during/before; +pods/+puma: peak surge; CPU s: busy CPU the "
-                 "release added")
+    lines.append("latency: during the release, x = during/before; +pods/+puma: peak surge; CPU s: the cluster's "
+                 "CPU the release added")
     ours, native = rows[-1], rows[0]
     if native.release_seconds and ours.release_seconds:
         lines.append(f"ours vs native defaults: release time x{ours.release_seconds / native.release_seconds:.2f}, "
                      f"p99 during x{ours.p99_during_ms / native.p99_during_ms:.2f}, "
                      f"failed {ours.failed:.0f} vs {native.failed:.0f}")
-    lines.append("machine busy before the releases (baseline, medians): "
+    lines.append("whole machine busy under the load before each release (medians): "
                  + ", ".join(f"{r.strategy} {r.baseline_cpu_percent:.0f}%" for r in rows))
     return "\n".join(lines)
 
