@@ -690,3 +690,34 @@ def threading_main() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.harness.node hold|lose-kubelet DIR`: a node for tests of the harness itself.
+
+    hold: start, say `node up`, wait for a signal (then tear down). lose-kubelet: start, kill the
+    kubelet, and wait for a pod condition that can no longer come: the wait must fail at once.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.harness.node")
+    parser.add_argument("mode", choices=("hold", "lose-kubelet"))
+    parser.add_argument("dir", type=Path)
+    args = parser.parse_args(argv)
+    with running_node(args.dir) as node:
+        print("node up", flush=True)
+        if args.mode == "hold":
+            signal.pause()
+            return 0
+        kubelet = next(p for p in node.processes if p.name == "kubelet")
+        kubelet.proc.kill()
+        try:
+            node.wait("a condition only a kubelet could bring", lambda: False, 600)
+        except ControlPlaneError as err:
+            print(f"wait failed: {err}", flush=True)
+            return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

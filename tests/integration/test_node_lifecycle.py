@@ -1,0 +1,79 @@
+"""The real node's harness leaves the host as it found it, also when interrupted, and fails at
+once, with the log's tail, when a component it waits on has died.
+
+Here rather than in tests/node: each test starts a real node of its own, which can only run
+while the session's node (tests/node) is not up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.controlplane import ROOT
+from tests.harness.node import BRIDGE, SYSCTLS, mounts_under
+
+pytestmark = pytest.mark.node
+
+
+def host_state(workdir: Path) -> dict[str, object]:
+    """What the node changes on the host while it runs."""
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    chains = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        out = subprocess.run([tool], capture_output=True, text=True, check=True).stdout
+        chains += [line.split()[0] for line in out.splitlines() if line.startswith((":KUBE-", ":CNI-"))]
+    cgroups = sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods"))
+    sysctls = {key: Path("/proc/sys", key).read_text().strip() for key in SYSCTLS if Path("/proc/sys", key).exists()}
+    return {"bridge": f" {BRIDGE}:" in links, "chains": sorted(chains), "cgroups": cgroups, "sysctls": sysctls,
+            "mounts": mounts_under(workdir), "netns": sorted(os.listdir("/var/run/netns"))
+            if os.path.isdir("/var/run/netns") else [], "workdir": workdir.exists()}
+
+
+def start(mode: str, workdir: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "CFO_NODE_WAIT": os.environ.get("CFO_NODE_WAIT", "1800")}
+    return subprocess.Popen([sys.executable, "-m", "tests.harness.node", mode, str(workdir)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def lines_until(proc: subprocess.Popen[str], marker: str, timeout: float = 900) -> Iterator[str]:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        yield line
+        if marker in line or time.monotonic() > deadline:
+            return
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_node_leaves_the_host_as_it_found_it(tmp_path: Path, signum: int) -> None:
+    workdir = tmp_path / "node"
+    before = host_state(workdir)
+    proc = start("hold", workdir)
+    output = "".join(lines_until(proc, "node up"))
+    assert "node up" in output, output
+    running = host_state(workdir)
+    assert running["bridge"] and running["chains"] and running["cgroups"], running
+    proc.send_signal(signum)
+    rest, _ = proc.communicate(timeout=180)
+    after = host_state(workdir)
+    assert after == before, (output + rest)[-3000:]
+
+
+def test_a_wait_on_a_dead_kubelet_fails_at_once_with_its_log(tmp_path: Path) -> None:
+    workdir = tmp_path / "node"
+    before = host_state(workdir)
+    proc = start("lose-kubelet", workdir)
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 3, output[-3000:]
+    failure = output[output.index("wait failed:"):]
+    assert "kubelet died" in failure
+    assert len(failure.splitlines()) > 3  # the kubelet's log tail came with it
+    assert host_state(workdir) == before
