@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 import contract as c
-from controller.agents import AgentClient, AgentError
+from controller.agents import AgentClient, AgentError, agent_identity
 from controller.kube import Kube
 from controller.migration import job_for, job_state
 from controller.plan import COMPLETE, FAILED, ROLLED_BACK, AgentView, MigrationView, PodState, Rollout, Spec, plan
@@ -166,7 +166,8 @@ class Reconciler:
             pod = raw_pods[pod_name]
             try:
                 self.agents.release(pod["status"]["podIP"], agent_port(pod, self.settings.default_agent_port),
-                                    release, spec.source, spec.restart, agent_options(settings))
+                                    release, spec.source, spec.restart, agent_options(settings),
+                                    identity=agent_identity(pod))
             except AgentError as err:
                 AGENT_ERRORS.inc()
                 log.warning("asking pod %s for %s: %s (will look again)", pod_name, release, err)
@@ -177,7 +178,8 @@ class Reconciler:
 
     def _status(self, pod: dict[str, Any], log: logging.LoggerAdapter) -> AgentView | None:
         try:
-            return self.agents.status(pod["status"]["podIP"], agent_port(pod, self.settings.default_agent_port))
+            return self.agents.status(pod["status"]["podIP"], agent_port(pod, self.settings.default_agent_port),
+                                      identity=agent_identity(pod))
         except AgentError as err:
             AGENT_ERRORS.inc()
             log.info("pod %s: agent not answering: %s", pod["metadata"]["name"], err)
