@@ -28,7 +28,8 @@ POLICY_CONFIGMAP = "customer-friendly-policy"
 INSTALL_NAMESPACE = "customer-friendly-system"
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
-_PERCENT_OR_INT = re.compile(r"^([0-9]+)(%?)$")
+# At most 7 digits: int() never meets its digit limit, and no Deployment has more pods.
+_PERCENT_OR_INT = re.compile(r"([0-9]{1,7})(%?)")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # The classic rule, valid on every Kubernetes version (1.34 relaxes it; older ones refuse more).
@@ -284,7 +285,7 @@ def _validate(p: Policy) -> None:
 
 def parse_max_unavailable(value: str) -> tuple[int, bool] | None:
     """`N` or `N%` as (number, is_percent), or None when it is neither (or out of range)."""
-    match = _PERCENT_OR_INT.match(value.strip())
+    match = _PERCENT_OR_INT.fullmatch(value.strip())
     if not match:
         return None
     number, percent = int(match.group(1)), bool(match.group(2))
@@ -300,7 +301,7 @@ _OBJECT_LISTS = ("agentEnv", "agentVolumes", "agentVolumeMounts")
 def _coerce(key: str, raw: str, kind: object) -> object:
     text = raw.strip()
     if kind in (int, "int"):
-        if not re.fullmatch(r"-?[0-9]+", text):
+        if not re.fullmatch(r"-?[0-9]{1,18}", text):
             raise _fail(key, "a whole number", raw)
         return int(text)
     if kind in (bool, "bool"):

@@ -8,10 +8,13 @@ user sees from `kubectl apply`.
 from __future__ import annotations
 
 import difflib
+import heapq
+import ipaddress
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import contract as c
 from webhook.policy import DNS_SUBDOMAIN, Policy, parse_max_unavailable
@@ -44,8 +47,36 @@ class Settings:
     drain_seconds: int = 30
 
 
+# Every message quotes what the user wrote; a value can be megabytes long, so it is shortened.
+_SHOWN = 100
+
+
+def show(value: object) -> str:
+    """A value for a message: its repr, shortened to about _SHOWN characters."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN - 3] + "..."
+
+
+def show_names(names: Sequence[str], limit: int = 10) -> str:
+    """A comma-separated list for a message, at most `limit` entries and each shortened."""
+    shown = [name if len(name) <= _SHOWN else name[:_SHOWN - 3] + "..." for name in names[:limit]]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(shown) + more
+
+
 def _refuse(annotation: str, value: str, accepts: str) -> Refusal:
-    return Refusal(f"annotation {annotation}={value!r} is invalid: it accepts {accepts}")
+    return Refusal(f"annotation {annotation}={show(value)} is invalid: it accepts {accepts}")
+
+
+# ASCII digits only ([0-9], never str.isdigit, which accepts '²' that int() refuses), and at
+# most 9 of them: far above any bound here, far below int()'s digit limit and int64.
+_WHOLE = re.compile(r"[0-9]{1,9}")
+
+
+def whole_number(text: str) -> int | None:
+    """A non-negative whole number written in ASCII digits (blanks around it allowed), else None."""
+    stripped = text.strip().lstrip("0") or ("0" if text.strip() else "")
+    return int(stripped) if _WHOLE.fullmatch(stripped) else None
 
 
 def _bool(annotations: Mapping[str, str], name: str) -> bool:
@@ -59,9 +90,10 @@ def _seconds(annotations: Mapping[str, str], name: str, default: int, low: int, 
     value = annotations.get(name)
     if value is None:
         return default
-    if not re.fullmatch(r"[0-9]+", value.strip()) or not low <= int(value) <= high:
+    number = whole_number(value)
+    if number is None or not low <= number <= high:
         raise _refuse(name, value, f"whole seconds from {low} to {high} (the policy's bound)")
-    return int(value)
+    return number
 
 
 def opted_in(annotations: Mapping[str, str] | None) -> bool:
@@ -69,22 +101,152 @@ def opted_in(annotations: Mapping[str, str] | None) -> bool:
     return _bool(annotations or {}, c.ENABLED)
 
 
-def check_source(source: str, policy: Policy) -> None:
+MAX_SOURCE_LENGTH = 2048
+"""Longer release URI templates are refused (they are copied into every pod's environment)."""
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _printable(text: str) -> bool:
+    """No control, format or line-separator characters (a plain space is fine)."""
+    return text.isprintable()
+
+
+def _valid_authority(netloc: str) -> bool:
+    """host[:port], where host is a DNS name, an IPv4 address or a bracketed IPv6 address."""
+    if netloc.startswith("["):
+        host, _, after = netloc[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        if after and not after.startswith(":"):
+            return False
+        port = after[1:] if after else None
+    else:
+        host, colon, port_text = netloc.partition(":")
+        port = port_text if colon else None
+        labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+        if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+            return False
+    return port is None or (_PORT.fullmatch(port) is not None and 1 <= int(port) <= 65535)
+
+
+def _source_problem(source: str) -> str | None:
+    """What is wrong with a release URI template (never the policy's part), or None."""
+    template = f"a URI template containing {c.RELEASE_PLACEHOLDER}, which is replaced by the release id"
+    if len(source) > MAX_SOURCE_LENGTH:
+        return f"{template}, at most {MAX_SOURCE_LENGTH} characters"
     if not source.startswith(c.SOURCE_SCHEMES):
-        raise _refuse(c.SOURCE, source, "a URI starting with " + ", ".join(c.SOURCE_SCHEMES)
-                      + f" and containing {c.RELEASE_PLACEHOLDER}")
+        return "a URI starting with " + ", ".join(c.SOURCE_SCHEMES) + f" and containing {c.RELEASE_PLACEHOLDER}"
+    decoded = unquote(source)
+    if not _printable(source) or not _printable(decoded) or "\\" in decoded:
+        return f"{template}, without control characters, line breaks, invisible characters or backslashes"
+    if "#" in source:
+        return f"{template}, without a fragment ('#'), which no download would send"
     if c.RELEASE_PLACEHOLDER not in source:
-        raise _refuse(c.SOURCE, source, f"a URI template containing {c.RELEASE_PLACEHOLDER}, "
-                      "which is replaced by the release id")
-    if policy.allowedSourcePrefixes and not source.startswith(policy.allowedSourcePrefixes):
-        raise _refuse(c.SOURCE, source, "only sources under the policy's allowed prefixes: "
+        return template
+    scheme, rest = source.split("://", 1)
+    if scheme == "s3":
+        bucket, _, key = rest.partition("/")
+        if not _S3_BUCKET.fullmatch(bucket) or ".." in bucket:
+            return ("s3://BUCKET/KEY with a bucket name of 3 to 63 lower-case letters, digits, '.' and '-' "
+                    f"and a key containing {c.RELEASE_PLACEHOLDER}")
+        if c.RELEASE_PLACEHOLDER not in key:
+            return f"s3://BUCKET/KEY with {c.RELEASE_PLACEHOLDER} in the key, not in the bucket name"
+        path = key
+    elif scheme == "https":
+        try:
+            parts = urlsplit(source)
+        except ValueError:
+            return f"https://HOST/PATH with a valid host name and {c.RELEASE_PLACEHOLDER} in the path"
+        if "@" in parts.netloc:
+            return ("https://HOST/PATH without a user name or password (give credentials to the agent "
+                    "through the policy's agentEnv)")
+        if not _valid_authority(parts.netloc):
+            return (f"https://HOST/PATH with a host name (or IP address, optionally :port) and "
+                    f"{c.RELEASE_PLACEHOLDER} in the path or query")
+        path = parts.path
+    else:  # file
+        authority, slash, path = rest.partition("/")
+        path = slash + path
+        if authority not in ("", "localhost") or not path.startswith("/") or "//" in path:
+            return f"file:///ABSOLUTE/PATH (three slashes) with {c.RELEASE_PLACEHOLDER} in the file name"
+    if any(segment in (".", "..") for segment in unquote(path).split("/")):
+        return f"{template}, without '.' or '..' path segments"
+    return None
+
+
+def _under_prefix(source: str, prefix: str) -> bool:
+    """`source` lies under an allowed prefix, never merely beside it.
+
+    A prefix that stops inside the host or bucket name ("https://releases.acme.com") allows that
+    host or bucket only, not "https://releases.acme.com.evil.io/"; a file:// prefix that does not
+    end with '/' allows that directory, not its siblings ("file:///srv/releases-other/").
+    """
+    if not source.startswith(prefix):
+        return False
+    rest = source[len(prefix):]
+    if prefix.endswith("/") or not rest or rest.startswith("/"):
+        return True
+    authority_ends = "/" in prefix.split("://", 1)[1]
+    return authority_ends and not prefix.startswith("file://")
+
+
+def check_source(source: str, policy: Policy, annotation: str = c.SOURCE) -> None:
+    """Refuse a release URI template that is malformed or outside the policy's allowed prefixes."""
+    problem = _source_problem(source)
+    if problem:
+        raise _refuse(annotation, source, problem)
+    if policy.allowedSourcePrefixes and not any(_under_prefix(source, prefix)
+                                                for prefix in policy.allowedSourcePrefixes):
+        raise _refuse(annotation, source, "only sources under the policy's allowed prefixes: "
                       + ", ".join(policy.allowedSourcePrefixes))
+
+
+MAX_CODE_PATH_LENGTH = 1024
+SYSTEM_PATHS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/opt/cfo", "/proc",
+                "/root", "/run", "/sbin", "/sys", "/usr", "/var/lib", "/var/run")
+"""The code volume is mounted at the code path in the app, cfo-fetch and cfo-agent alike, and its
+content comes from release archives: over any of these (or a directory holding one, like /var)
+it would hide or replace system files, the agent's own program (/opt/cfo) or the service
+account token (/var/run/secrets)."""
 
 
 def check_code_path(path: str) -> None:
     normal = posixpath.normpath(path) if path else ""
+    accepts = "an absolute, normalised directory path other than /, such as /app"
     if not path.startswith("/") or normal != path or normal == "/" or "//" in path:
-        raise _refuse(c.CODE_PATH, path, "an absolute, normalised directory path other than /, such as /app")
+        raise _refuse(c.CODE_PATH, path, accepts)
+    if len(path) > MAX_CODE_PATH_LENGTH or not _printable(path):
+        raise _refuse(c.CODE_PATH, path, f"{accepts}, of at most {MAX_CODE_PATH_LENGTH} printable characters")
+    for system in SYSTEM_PATHS:
+        if path == system or path.startswith(system + "/") or system.startswith(path + "/"):
+            raise _refuse(c.CODE_PATH, path, f"{accepts}, outside the system directories "
+                          f"({', '.join(SYSTEM_PATHS)}) and not a directory holding one ({system})")
+
+
+MAX_PODS = 1_000_000
+"""Bound for pod counts in annotations (canary, max-unavailable): far above any Deployment."""
+MAX_PROCESS_PATTERN_LENGTH = 256
+
+
+def check_process_pattern(pattern: str) -> None:
+    """A regular expression the agent can compile: short, and with sane repetition counts.
+
+    re.compile raises more than re.error on hostile input: OverflowError for a repetition
+    count above 2**32, RecursionError for deep nesting; the length bound keeps its work small.
+    """
+    accepts = (f"a regular expression (Python syntax) for the process title, at most "
+               f"{MAX_PROCESS_PATTERN_LENGTH} printable characters")
+    if len(pattern) > MAX_PROCESS_PATTERN_LENGTH or not _printable(pattern):
+        raise _refuse(c.PROCESS, pattern, accepts)
+    try:
+        re.compile(pattern)
+    except (re.error, OverflowError, RecursionError, ValueError) as err:
+        reason = str(err) if len(str(err)) <= _SHOWN else str(err)[:_SHOWN - 3] + "..."
+        raise _refuse(c.PROCESS, pattern, f"{accepts} ({reason})") from err
 
 
 def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: Policy) -> Settings:
@@ -107,7 +269,7 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
     container = annotations.get(c.CONTAINER, containers[0])
     if container not in containers:
         raise _refuse(c.CONTAINER, container, "the name of one of the pod template's containers: "
-                      + ", ".join(containers))
+                      + show_names(containers))
     code_path = annotations.get(c.CODE_PATH, "/app")
     check_code_path(code_path)
 
@@ -125,17 +287,15 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
         raise _refuse(c.QUIET_SIGNAL, quiet, "a signal name: " + ", ".join(c.SIGNAL_NAMES))
     pattern = annotations.get(c.PROCESS)
     if pattern is not None:
-        try:
-            re.compile(pattern)
-        except re.error as err:
-            raise _refuse(c.PROCESS, pattern, f"a regular expression for the process title ({err})") from err
+        check_process_pattern(pattern)
     max_unavailable = annotations.get(c.MAX_UNAVAILABLE, policy.maxUnavailable)
     if parse_max_unavailable(max_unavailable) is None:
         raise _refuse(c.MAX_UNAVAILABLE, max_unavailable,
                       "a whole number of pods (N >= 1) or a percentage (1% to 100%)")
     canary_raw = annotations.get(c.CANARY)
-    if canary_raw is not None and not re.fullmatch(r"[0-9]+", canary_raw.strip()):
-        raise _refuse(c.CANARY, canary_raw, "a whole number of pods, 0 or more")
+    canary = policy.canary if canary_raw is None else whole_number(canary_raw)
+    if canary is None or canary > MAX_PODS:
+        raise _refuse(c.CANARY, str(canary_raw), f"a whole number of pods, 0 or more (at most {MAX_PODS})")
     volume = annotations.get(c.VOLUME, policy.volume)
     if volume not in c.VOLUME_KINDS:
         raise _refuse(c.VOLUME, volume, "efs (a per-pod EFS access point) or emptyDir")
@@ -157,7 +317,7 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
         max_request_seconds=_seconds(annotations, c.MAX_REQUEST_SECONDS, policy.maxRequestSeconds, 1,
                                      policy.maxMaxRequestSeconds),
         max_unavailable=max_unavailable,
-        canary=policy.canary if canary_raw is None else int(canary_raw),
+        canary=canary,
         volume=volume,
         storage_class=storage_class,
         paused=_bool(annotations, c.PAUSED),
@@ -169,12 +329,27 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
     )
 
 
+MAX_UNKNOWN_WARNINGS = 10
+"""Unknown annotations named one by one in warnings; the rest are counted in one more."""
+_MATCHED_LENGTH = 2 * max(len(name) for name in c.KNOWN_ANNOTATIONS)
+_KNOWN_SORTED = sorted(c.KNOWN_ANNOTATIONS)
+
+
 def unknown_annotation_warnings(annotations: Mapping[str, str]) -> list[str]:
-    """Warn about our-prefixed annotations we do not know, which are most often typos."""
+    """Warn about our-prefixed annotations we do not know, which are most often typos.
+
+    Bounded whatever the object holds: the work per annotation is one prefix test and one set
+    lookup; only the first MAX_UNKNOWN_WARNINGS (in name order) get a "did you mean" guess,
+    and only when short enough to be a typo of ours.
+    """
+    unknown = [name for name in annotations if name.startswith(c.PREFIX) and name not in c.KNOWN_ANNOTATIONS]
     warnings = []
-    for name in sorted(annotations):
-        if name.startswith(c.PREFIX) and name not in c.KNOWN_ANNOTATIONS:
-            guess = difflib.get_close_matches(name, sorted(c.KNOWN_ANNOTATIONS), n=1)
-            hint = f"; did you mean {guess[0]}?" if guess else ""
-            warnings.append(f"unknown annotation {name} is ignored{hint}")
+    for name in heapq.nsmallest(MAX_UNKNOWN_WARNINGS, unknown):
+        guess = (difflib.get_close_matches(name, _KNOWN_SORTED, n=1)
+                 if len(name) <= _MATCHED_LENGTH else [])
+        hint = f"; did you mean {guess[0]}?" if guess else ""
+        warnings.append(f"unknown annotation {show_names([name])} is ignored{hint}")
+    if len(unknown) > MAX_UNKNOWN_WARNINGS:
+        warnings.append(f"{len(unknown) - MAX_UNKNOWN_WARNINGS} more unknown {c.PREFIX}* annotations are "
+                        "ignored")
     return warnings
