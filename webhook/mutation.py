@@ -7,6 +7,12 @@ changes nothing. The JSON patch is computed from the difference elsewhere (`revi
 Values that must never change when only the release changes (which would start a native
 rollout and replace every pod) are pinned at first injection: the fallback release and
 source. The live values come from the release ConfigMap that the controller maintains.
+
+Our names (cfo-fetch, cfo-agent, cfo-code) are reserved. A pod template counts as our earlier
+output only when it carries the `injected` annotation; anything else using those names is
+refused. That annotation is the user's to forge, so it only decides what we replace, never
+what we trust: the pinned values read back from an earlier cfo-fetch are validated against the
+policy like any annotation, and re-pinned from the annotations when they fail.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from typing import Any
 
 import contract as c
 from webhook.policy import Policy
-from webhook.settings import Refusal, Settings
+from webhook.settings import Refusal, Settings, check_source, show, show_names
 
 Obj = dict[str, Any]
 
-# What Kubernetes assumes when a pod spec does not say.
-_DEFAULT_GRACE_SECONDS = 30
+MAX_PRE_STOP_SLEEP = 86400
+"""A user's own preStop sleep above this (a day) is refused: it would also size the grace period."""
+_MAX_RECORDED = 2**31 - 1
+_MAX_INJECTED_TEXT = 65536  # what we write is a few hundred bytes (and a name per agent volume)
 
 
 @dataclass(frozen=True)
@@ -52,14 +60,19 @@ class Injected:
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_annotation(cls, text: str | None) -> Injected:
+    def from_annotation(cls, text: object) -> Injected:
+        """What an earlier mutation recorded; anything malformed or out of range reads as absent.
+
+        The pod template is the user's, so this text may be forged: it can only make us treat
+        a value as the user's own, and every value we write is bounded by the settings anyway.
+        """
         try:
-            data = json.loads(text) if text else {}
-        except json.JSONDecodeError:
+            data = json.loads(text) if isinstance(text, str) and len(text) <= _MAX_INJECTED_TEXT else {}
+        except (ValueError, RecursionError):  # ValueError: also int()'s digit limit
             data = {}
         if not isinstance(data, dict):
             data = {}
-        ints = {k: v if isinstance(v, int) and not isinstance(v, bool) else None for k, v in data.items()}
+        ints = {k: v if type(v) is int and 0 <= v <= _MAX_RECORDED else None for k, v in data.items()}
         volumes = data.get("agentVolumes")
         names = tuple(v for v in volumes if isinstance(v, str)) if isinstance(volumes, list) else ()
         return cls(ints.get("preStopSeconds"), ints.get("preStopBase"),
@@ -77,18 +90,48 @@ def _floor(current: int | None, ours_before: int | None, base_before: int | None
     return max(wanted, base if base is not None else 0), base
 
 
-def _sleep_seconds(pre_stop: Obj | None) -> int | None:
-    """Seconds of a sleep-only preStop (the action or an exec of `sleep N`), else None."""
-    if not pre_stop:
+def whole_seconds(value: object, field: str, high: int | None = None) -> int:
+    """A pod-spec count of seconds as an int: 30 and 30.0 alike; refused when not whole.
+
+    The API server sends ints, but the mutation must be a function of the value, not of its
+    JSON spelling: a float kept as it is would never equal what we record, and a bool is an
+    int to Python but not to Kubernetes.
+    """
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**63:
+        value = int(value)
+    if type(value) is not int or value < 0 or (high is not None and value > high):
+        bound = f"from 0 to {high}" if high is not None else "0 or more"
+        raise Refusal(f"{field}={show(value)} is invalid: it accepts whole seconds {bound}")
+    return value
+
+
+def _sleep_seconds(pre_stop: object, container: str) -> int | None:
+    """Seconds of a sleep-only preStop (the action or an exec of `sleep N`), else None.
+
+    An exec of sleep whose argument is not a plain number (`10s`, `1.5`) is the user's own
+    hook; a number we cannot read as one (non-ASCII digits such as '²', which str.isdigit
+    accepts and int() and sleep refuse, or a huge one) is refused.
+    """
+    if not isinstance(pre_stop, dict) or len(pre_stop) != 1:
         return None
-    sleep = pre_stop.get("sleep")
-    if isinstance(sleep, dict) and isinstance(sleep.get("seconds"), int) and len(pre_stop) == 1:
-        return sleep["seconds"]
-    command = (pre_stop.get("exec") or {}).get("command")
-    if (isinstance(command, list) and len(command) == 2 and command[0] in ("sleep", "/bin/sleep")
-            and str(command[1]).isdigit() and len(pre_stop) == 1):
-        return int(command[1])
-    return None
+    field = f"container {container}: lifecycle.preStop"
+    if "sleep" in pre_stop:
+        sleep = pre_stop["sleep"]
+        if not isinstance(sleep, dict) or "seconds" not in sleep:
+            return None
+        return whole_seconds(sleep["seconds"], f"{field}.sleep.seconds", MAX_PRE_STOP_SLEEP)
+    command = pre_stop["exec"].get("command") if isinstance(pre_stop.get("exec"), dict) else None
+    if not (isinstance(command, list) and len(command) == 2 and command[0] in ("sleep", "/bin/sleep")
+            and isinstance(command[1], str)):
+        return None
+    argument = command[1]
+    if not argument.isdigit():
+        return None
+    if argument.isascii() and len(argument) <= len(str(MAX_PRE_STOP_SLEEP)) \
+            and int(argument) <= MAX_PRE_STOP_SLEEP:
+        return int(argument)
+    raise Refusal(f"{field}.exec.command={show(command)} is invalid: it accepts sleep with whole seconds "
+                  f"from 0 to {MAX_PRE_STOP_SLEEP} in ASCII digits")
 
 
 def _pre_stop_hook(seconds: int, policy: Policy) -> Obj:
@@ -104,11 +147,102 @@ def _replace_or_append(items: list[Obj], item: Obj, key: str = "name") -> list[O
     return out
 
 
-def _env_value(container: Obj | None, name: str) -> str | None:
-    for env in (container or {}).get("env") or []:
-        if env.get("name") == name and "value" in env:
-            return env["value"]
+def _env_value(container: Obj | None, name: str) -> object:
+    env = (container or {}).get("env")
+    for item in env if isinstance(env, list) else []:
+        if isinstance(item, dict) and item.get("name") == name and "value" in item:
+            return item["value"]
     return None
+
+
+def _pinned_fallback(previous_fetch: Obj | None, settings: Settings,
+                     policy: Policy) -> tuple[str, str, str | None]:
+    """(release, source, warning or None): the fallback pinned by our earlier cfo-fetch, re-validated.
+
+    Read back from the pod template, so as untrusted as an annotation: a pair that the release-id
+    rule or the policy's source rules refuse (forged, or pinned before the policy tightened) is
+    re-pinned from the annotations, which `resolve` has just validated.
+    """
+    release = _env_value(previous_fetch, "CFO_RELEASE_DEFAULT")
+    source = _env_value(previous_fetch, "CFO_SOURCE_DEFAULT")
+    if release is None and source is None:
+        return settings.release, settings.source, None
+    release = settings.release if release is None else release
+    source = settings.source if source is None else source
+    problem = None
+    if not isinstance(release, str) or not c.is_release_id(release):
+        problem = f"its release {show(release)} is not a release id matching {c.RELEASE_ID_PATTERN}"
+    elif not isinstance(source, str):
+        problem = f"its source {show(source)} is not a string"
+    else:
+        try:
+            check_source(source, policy, annotation="CFO_SOURCE_DEFAULT")
+        except Refusal as refusal:
+            problem = str(refusal)
+    if problem is None:
+        return release, source, None
+    return settings.release, settings.source, (
+        f"the fallback release pinned in init container {c.FETCH_CONTAINER} (CFO_RELEASE_DEFAULT, "
+        f"CFO_SOURCE_DEFAULT) is not used: {problem}; it is pinned again from annotations {c.RELEASE} and "
+        f"{c.SOURCE}, which changes the pod template and so replaces the pods")
+
+
+def _named_objects(pod: Obj, key: str) -> list[Obj]:
+    """pod[key] as a list of objects that each have a name; refused otherwise."""
+    items = pod.get(key)
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise Refusal(f"spec.template.spec.{key} must be a list")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            what = "container" if key != "volumes" else "volume"
+            raise Refusal(f"spec.template.spec.{key}[{index}] has no name: every {what} needs a name "
+                          "(lower-case letters, digits and '-')")
+    return items
+
+
+def _reserved_refusal(what: str, name: str, where: str) -> Refusal:
+    return Refusal(f"the pod template has {what} named {name} in {where}: the name {name} is reserved for "
+                   "what customer-friendly.dev injects (cfo-fetch, cfo-agent, cfo-code); rename yours")
+
+
+def check_template(deployment: Obj) -> list[str]:
+    """The names of the user's containers, once the pod template is fit to be mutated.
+
+    Refuses containers or volumes without a name, and our reserved names used by anyone but us:
+    only a template carrying our `injected` annotation may hold them, and then only where we
+    put them (one cfo-fetch among the init containers, one cfo-agent among the init containers
+    or the containers, one cfo-code volume of the kinds we create), so nothing of the user's
+    is ever duplicated or silently dropped.
+    """
+    template = ((deployment.get("spec") or {}).get("template") or {})
+    if not isinstance(template, dict) or not isinstance(template.get("spec") or {}, dict):
+        raise Refusal("spec.template.spec must be an object")
+    pod = template.get("spec") or {}
+    metadata = template.get("metadata") or {}
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    ours = isinstance(annotations, dict) and c.INJECTED in annotations
+    containers = _named_objects(pod, "containers")
+    inits = _named_objects(pod, "initContainers")
+    volumes = _named_objects(pod, "volumes")
+    reserved = (c.FETCH_CONTAINER, c.AGENT_CONTAINER)
+    for where, items in (("spec.template.spec.containers", containers),
+                         ("spec.template.spec.initContainers", inits)):
+        for item in items:
+            if item["name"] in reserved and not ours:
+                raise _reserved_refusal("a container", item["name"], where)
+    if ours:
+        if any(ct["name"] == c.FETCH_CONTAINER for ct in containers):
+            raise _reserved_refusal("a container", c.FETCH_CONTAINER, "spec.template.spec.containers")
+        for name in reserved:
+            if [ct["name"] for ct in containers + inits].count(name) > 1:
+                raise _reserved_refusal("more than one container", name, "spec.template.spec")
+    code = [volume for volume in volumes if volume["name"] == c.CODE_VOLUME]
+    if code and (not ours or len(code) > 1 or not ("ephemeral" in code[0] or "emptyDir" in code[0])):
+        raise Refusal(f"the pod template already has a volume named {c.CODE_VOLUME}, a name reserved for "
+                      "the code volume that customer-friendly.dev injects: rename it")
+    return [ct["name"] for ct in containers if ct["name"] not in reserved]
 
 
 def code_volume(settings: Settings, policy: Policy) -> Obj:
@@ -286,20 +420,27 @@ def _check_policy_mounts(mounts: list[Obj], code_path: str) -> None:
 
 
 def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, list[str]]:
-    """Return a prepared copy of an opted-in Deployment and the warnings for the user."""
-    out = copy.deepcopy(deployment)
-    warnings: list[str] = []
-    name = out.get("metadata", {}).get("name") or out.get("metadata", {}).get("generateName", "")
-    template = out.setdefault("spec", {}).setdefault("template", {})
-    template_meta = template.setdefault("metadata", {})
-    template_annotations = template_meta.setdefault("annotations", {})
-    pod = template.setdefault("spec", {})
-    injected = Injected.from_annotation(template_annotations.get(c.INJECTED))
+    """Return a prepared copy of an opted-in Deployment and the warnings for the user.
 
-    for volume in pod.get("volumes") or []:
-        if volume.get("name") == c.CODE_VOLUME and "ephemeral" not in volume and "emptyDir" not in volume:
-            raise Refusal(f"the pod template already has a volume named {c.CODE_VOLUME}, a name "
-                          "reserved for the code volume: rename it")
+    Only what it changes is copied (the path down to the pod spec, its lists, and the app
+    container); everything else is shared with the input, which is never modified. A deep copy
+    of an object near the 7 MiB cap takes a second, and shared parts also make the patch cheap
+    to compute (`review.json_patch` skips what is identical).
+    """
+    out = dict(deployment)
+    warnings: list[str] = []
+    metadata = out.get("metadata") if isinstance(out.get("metadata"), dict) else {}
+    name = metadata.get("name") or metadata.get("generateName") or ""
+    spec = out["spec"] = dict(out.get("spec") or {})
+    template = spec["template"] = dict(spec.get("template") or {})
+    template_meta = template["metadata"] = dict(template.get("metadata") or {})
+    template_annotations = template_meta["annotations"] = dict(template_meta.get("annotations") or {})
+    pod = template["spec"] = dict(template.get("spec") or {})
+    injected = Injected.from_annotation(template_annotations.get(c.INJECTED))
+    if settings.container not in check_template(out):
+        raise Refusal(f"annotation {c.CONTAINER}={show(settings.container)} is invalid: it accepts the name "
+                      "of one of the pod template's containers: " + show_names(check_template(out)))
+
     if pod.get("shareProcessNamespace") is False:
         warnings.append("shareProcessNamespace was false; it is set to true so that the agent can "
                         "signal Puma")
@@ -310,13 +451,14 @@ def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, li
     _check_policy_mounts(policy_mounts, settings.code_path)
 
     containers = [ct for ct in pod.get("containers") or [] if ct.get("name") != c.AGENT_CONTAINER]
-    app = next(ct for ct in containers if ct.get("name") == settings.container)
+    index = next(i for i, ct in enumerate(containers) if ct.get("name") == settings.container)
+    app = containers[index] = dict(containers[index])
     agent_context, fetch_context, privilege_warning = agent_security_contexts(app, pod)
     _mount_code(app, settings)
 
     # preStop: ours is a plain sleep; any other hook is the user's and is kept as it is.
-    lifecycle = app.setdefault("lifecycle", {})
-    current_sleep = _sleep_seconds(lifecycle.get("preStop"))
+    lifecycle = app["lifecycle"] = dict(app.get("lifecycle") or {})
+    current_sleep = _sleep_seconds(lifecycle.get("preStop"), app["name"])
     pre_stop, pre_stop_base = injected.pre_stop_seconds, injected.pre_stop_base
     if lifecycle.get("preStop") and current_sleep is None:
         pre_stop, pre_stop_base = None, None
@@ -339,15 +481,19 @@ def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, li
         app.pop("lifecycle")
 
     wanted_grace = effective_pre_stop + settings.max_request_seconds + policy.graceMarginSeconds
-    grace, grace_base = _floor(pod.get("terminationGracePeriodSeconds"), injected.grace_seconds,
-                               injected.grace_base, wanted_grace)
+    current_grace = pod.get("terminationGracePeriodSeconds")
+    if current_grace is not None:
+        current_grace = whole_seconds(current_grace, "spec.template.spec.terminationGracePeriodSeconds")
+    grace, grace_base = _floor(current_grace, injected.grace_seconds, injected.grace_base, wanted_grace)
     pod["terminationGracePeriodSeconds"] = grace
 
     # The fallback release/source are pinned when first injected: see the module docstring.
+    # check_template has made sure that a cfo-fetch here is in a template we mutated before.
     previous_fetch = next((ct for ct in pod.get("initContainers") or [] if ct.get("name") == c.FETCH_CONTAINER),
                           None)
-    fallback_release = _env_value(previous_fetch, "CFO_RELEASE_DEFAULT") or settings.release
-    fallback_source = _env_value(previous_fetch, "CFO_SOURCE_DEFAULT") or settings.source
+    fallback_release, fallback_source, fallback_warning = _pinned_fallback(previous_fetch, settings, policy)
+    if fallback_warning:
+        warnings.append(fallback_warning)
     # The policy's variables come after ours, which they may not name (CFO_*).
     env = agent_env(name, settings, policy, fallback_release, fallback_source, app["name"]) + policy.agent_env()
     mounts = [{"name": c.CODE_VOLUME, "mountPath": settings.code_path}, *policy_mounts]
