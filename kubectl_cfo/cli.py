@@ -203,9 +203,8 @@ def run_app(args: argparse.Namespace, session: Session) -> int:
     """release --app / status --app: the group as a whole, in its order (web, worker, cron)."""
     members = app_members(session, args.app)
     if args.command == "status":
-        rows = [{**r, "role": c.role_of(view.annotations(d))}
-                for r, d in zip(view.fleet_rows(members, {(d["metadata"]["namespace"], d["metadata"]["name"]):
-                                                          session.pods(d) for d in members}), members, strict=True)]
+        rows = view.group_rows(members, {(d["metadata"]["namespace"], d["metadata"]["name"]): session.pods(d)
+                                         for d in members})
         emit(args, rows, view.table(rows, [("DEPLOYMENT", "deployment"), ("ROLE", "role"), ("WANTED", "wanted"),
                                            ("PHASE", "phase"), ("PODS", "pods"), ("RUNNING", "running")]))
         return 0

@@ -56,6 +56,14 @@ def fleet_rows(deployments: list[Obj], pods_by_deployment: dict[tuple[str, str],
     return rows
 
 
+def group_rows(members: list[Obj], pods_by_deployment: dict[tuple[str, str], list[Obj]]) -> list[Obj]:
+    """An app group's rows with each Deployment's role, in the order given (the group's order:
+    web, worker, cron); fleet_rows sorts by name, so rows are matched to members by name."""
+    by_name = {(r["namespace"], r["deployment"]): r for r in fleet_rows(members, pods_by_deployment)}
+    return [{**by_name[(d["metadata"]["namespace"], d["metadata"]["name"])], "role": c.role_of(annotations(d))}
+            for d in members]
+
+
 def history_rows(deployment: Obj, events: list[Obj]) -> list[Obj]:
     ours = [e for e in events if (e.get("source") or {}).get("component") == "customer-friendly-controller"
             or e.get("reportingComponent") == "customer-friendly.dev/controller"]

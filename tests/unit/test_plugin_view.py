@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import contract as c
-from kubectl_cfo.view import fleet_rows, history_rows, pod_rows, progress_line, table
+from kubectl_cfo.view import fleet_rows, group_rows, history_rows, pod_rows, progress_line, table
 
 
 def pod(name: str, release: str | None, ip: str = "10.0.0.5", ready: bool = True) -> dict:
@@ -31,6 +31,18 @@ def test_fleet_rows_count_what_pods_really_run() -> None:
     rows = fleet_rows([web], {("shop", "web"): [pod("a", "v3"), pod("b", "v2"), pod("c", None)]})
     assert rows == [{"namespace": "shop", "deployment": "web", "wanted": "v3", "phase": "Progressing", "pods": 3,
                      "running": {"unknown": 1, "v2": 1, "v3": 1}}]
+
+
+def test_group_rows_keep_the_groups_order_and_each_deployments_own_role() -> None:
+    """Names sort differently from roles (cron < web < worker): each row keeps its own role."""
+    web, worker, cron = (deployment(name, "shop", "v2", {"phase": "Complete"}) for name in ("web", "worker", "cron"))
+    worker["metadata"]["annotations"][c.RESTART] = "drain"
+    cron["metadata"]["annotations"].update({c.RESTART: "drain", c.ROLE: "cron"})
+    pods = {("shop", "web"): [pod("w1", "v2"), pod("w2", "v2")], ("shop", "worker"): [pod("k1", "v2")],
+            ("shop", "cron"): []}
+    rows = group_rows([web, worker, cron], pods)
+    assert [(r["deployment"], r["role"], r["pods"]) for r in rows] == [
+        ("web", "web", 2), ("worker", "worker", 1), ("cron", "cron", 0)]
 
 
 def test_history_keeps_only_our_events_in_time_order() -> None:
