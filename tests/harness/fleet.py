@@ -24,7 +24,6 @@ import yaml
 import contract as c
 from tests.harness.controlplane import ROOT, ControlPlane, ControlPlaneError, free_port, tail, terminate, wait_ready
 from tests.harness.puma_app import AgentProcess, Puma
-from tests.harness.worker_app import Supervisor
 
 AGENT_PORT = 9443
 NAMESPACE = "customer-friendly-system"
@@ -39,7 +38,6 @@ class FakeKubeletPod:
     ip: str
     puma: Puma | None
     agent: AgentProcess
-    supervisor: Supervisor | None = None
 
 
 @dataclass
@@ -80,8 +78,6 @@ class Kubelet:
         code = home / "code"
         subprocess.run([sys.executable, "-m", "agent", "fetch"], cwd=ROOT, check=True, capture_output=True,
                        env={**os.environ, **env, "CFO_CODE_PATH": str(code)})
-        if (pod["metadata"].get("labels") or {}).get("component") == "worker":
-            return self._start_worker(pod, name, ip, home, code)
         puma = Puma(code, home, extra_config=PUMA_CONFIG).start()
         agent = AgentProcess(code, home, self.client_ca, {
             "CFO_PUMA_PIDFILE": str(puma.pidfile),
@@ -90,17 +86,6 @@ class Kubelet:
         agent.start()
         self._report_running(name, ip)
         started = FakeKubeletPod(name, ip, puma, agent)
-        self.started[name] = started
-        return started
-
-    def _start_worker(self, pod: dict[str, Any], name: str, ip: str, home: Path, code: Path) -> FakeKubeletPod:
-        """A worker pod: the Ruby worker under a supervisor (the container's restarts), and the agent."""
-        supervisor = Supervisor(code, home / "queue", home / "done", home / "worker.log").start()
-        agent = AgentProcess(code, home, self.client_ca, {"CFO_RESTART_DEADLINE_SECONDS": "20"}, port=AGENT_PORT,
-                             bind=ip)
-        agent.start()
-        self._report_running(name, ip)
-        started = FakeKubeletPod(name, ip, None, agent, supervisor)
         self.started[name] = started
         return started
 
@@ -130,8 +115,6 @@ class Kubelet:
             pod.agent.stop()
             if pod.puma:
                 pod.puma.stop()
-            if pod.supervisor:
-                pod.supervisor.stop()
 
 
 @dataclass
