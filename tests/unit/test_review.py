@@ -109,6 +109,13 @@ def test_bad_input_is_refused_with_a_message_naming_the_annotation(case: dict[st
     for name in case.get("remove", []):
         del obj["metadata"]["annotations"][name]
     obj["metadata"]["annotations"].update(case.get("annotations", {}))
+    template = obj["spec"]["template"]
+    template["spec"].update(case.get("pod", {}))
+    template["spec"]["containers"][0].update(case.get("app", {}))
+    template["spec"]["containers"].extend(case.get("containers", []))
+    template["spec"]["initContainers"].extend(case.get("initContainers", []))
+    template["spec"]["volumes"].extend(case.get("volumes", []))
+    template["metadata"].setdefault("annotations", {}).update(case.get("template_annotations", {}))
     body = review(obj)
     response, kind = answer(body, policy_from_mapping(case.get("policy", {})))
     assert kind == "refused"
@@ -123,7 +130,8 @@ def test_bad_input_is_refused_with_a_message_naming_the_annotation(case: dict[st
 
 def test_an_unexpected_error_is_answered_with_the_uid_and_code_500() -> None:
     obj = copy.deepcopy(BASE)
-    obj["spec"]["template"]["spec"]["volumes"] = 7  # not a list: the mutation cannot cope
+    # Not a list, which the API server never sends: the mutation cannot cope.
+    obj["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = 7
     body = review(obj)
     response, kind = answer(body, Policy())
     assert kind == "error"
