@@ -40,7 +40,10 @@ def create_app(config: WebhookConfig | None = None) -> Flask:
     def mutate() -> tuple[Response, int]:
         started = time.perf_counter()
         try:
-            body = request.get_json(force=True, silent=False)
+            try:
+                body = request.get_json(force=True, silent=False)
+            except RecursionError as err:  # nesting deeper than the JSON decoder's recursion limit
+                raise BadReview("JSON nested too deeply") from err
             review, kind = answer(body, policy.current())
         except RequestEntityTooLarge:
             reviews.labels("too_large").inc()

@@ -32,6 +32,22 @@ def test_a_body_that_is_not_json_is_a_400() -> None:
     assert "malformed AdmissionReview" in response.json["error"]
 
 
+def test_json_nested_too_deeply_to_decode_is_a_400() -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    response = create_app().test_client().post("/mutate", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json["error"]
+
+
+def test_a_hostile_deployment_is_refused_with_its_uid_not_a_500() -> None:
+    hostile = json.loads(json.dumps(REVIEW))
+    hostile["request"]["object"]["metadata"]["annotations"]["customer-friendly.dev/canary"] = "9" * 5000
+    response = create_app().test_client().post("/mutate", json=hostile)
+    assert response.status_code == 200
+    assert response.json["response"]["uid"] == "abc" and response.json["response"]["allowed"] is False
+    assert "customer-friendly.dev/canary" in response.json["response"]["status"]["message"]
+
+
 def test_a_review_without_a_uid_is_a_400() -> None:
     response = create_app().test_client().post("/mutate", json={**REVIEW, "request": {"operation": "CREATE"}})
     assert response.status_code == 400
