@@ -460,11 +460,12 @@ class WebApp:
         return tuple(os.readlink(volume / n) if os.path.lexists(volume / n) else None  # type: ignore[return-value]
                      for n in ("current", "previous"))
 
-    def cfo(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def cfo(self, *args: str, timeout: float = 300, namespaced: bool = True) -> subprocess.CompletedProcess[str]:
         """`kubectl cfo ...`, found by kubectl as a plugin on PATH, as a user runs it."""
         env = self.node.env()
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-        return subprocess.run([str(self.node.control.kubectl_path), "cfo", *args, "-n", self.namespace],
+        namespace = ["-n", self.namespace] if namespaced else []
+        return subprocess.run([str(self.node.control.kubectl_path), "cfo", *args, *namespace],
                               capture_output=True, text=True, env=env, timeout=timeout, check=False)
 
     # --- workers and migration Jobs ---------------------------------------------------------

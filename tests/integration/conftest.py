@@ -7,21 +7,16 @@ that fails, the session fails with the build's error.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-import contract as c
 from tests.harness.controlplane import ControlPlane
-from tests.harness.fleet import ControllerProcess, Kubelet, Nginx
-from tests.harness.puma_app import AgentClient, publish, release_archive
-from tests.harness.webhook import WebhookServer, ensure_certs, register
+from tests.harness.webhook import WebhookServer, register
 
 pytestmark = pytest.mark.integration
 
@@ -75,94 +70,3 @@ def kube(cluster: ControlPlane, webhook: WebhookServer) -> Iterator[Kube]:
     cluster.kubectl("create", "namespace", namespace)
     yield Kube(cluster, namespace)
     cluster.kubectl("delete", "namespace", namespace, "--wait=false")
-
-
-REPLICAS = 3
-
-
-@dataclass
-class Fleet:
-    kube: Kube
-    kubelet: Kubelet
-    controller: ControllerProcess
-    nginx: Nginx
-    artifacts: Path
-    certs: Path
-
-    def deployment(self) -> dict[str, Any]:
-        return self.kube.get("deployment", "web")
-
-    def rollout(self) -> dict[str, Any]:
-        return json.loads(self.deployment()["metadata"]["annotations"].get(c.ROLLOUT, "{}"))
-
-    def wait_rollout(self, release: str, phases: tuple[str, ...], timeout: float = 90) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        rollout: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            rollout = self.rollout()
-            if rollout.get("release") == release and rollout.get("phase") in phases and not rollout.get("batch"):
-                return rollout
-            time.sleep(0.3)
-        raise AssertionError(f"rollout never reached {phases} for {release}: {rollout}\n"
-                             f"{self.controller.log.read_text()[-3000:]}")
-
-    def pod_releases(self) -> dict[str, str | None]:
-        return {p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(c.RELEASE)
-                for p in self.kube.get("pods", app="web")["items"]}
-
-    def agent(self, name: str) -> dict[str, Any]:
-        pod = self.kubelet.started[name]
-        client = AgentClient(pod.agent.url, self.certs / "controller.crt", self.certs / "controller.key")
-        return client.call("GET", "/v1/status")[1]
-
-    def served(self, name: str) -> str:
-        return (self.kubelet.started[name].agent.code / "current").readlink().name
-
-    def events(self) -> list[str]:
-        items = json.loads(self.kube.run("get", "events", "--field-selector", "involvedObject.name=web", "-o",
-                                         "json").stdout)["items"]
-        return [e["reason"] for e in sorted(items, key=lambda e: e.get("firstTimestamp") or "")]
-
-    def annotate(self, **annotations: str) -> None:
-        pairs = [f"{c.PREFIX}{k.replace('_', '-')}={v}" for k, v in annotations.items()]
-        self.kube.run("annotate", "deployment/web", *pairs, "--overwrite")
-
-
-def manifest(artifacts: Path, release: str = "v1", replicas: int = REPLICAS, **extra: str) -> dict[str, Any]:
-    annotations = {c.ENABLED: "true", c.RELEASE: release, c.SOURCE: f"file://{artifacts}/{{release}}.tar.gz",
-                   c.CANARY: "1", c.MAX_UNAVAILABLE: "1"}
-    annotations |= {c.PREFIX + k.replace("_", "-"): v for k, v in extra.items()}
-    return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "web", "annotations": annotations},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}}, "template": {
-            "metadata": {"labels": {"app": "web"}},
-            "spec": {"containers": [{"name": "puma", "image": "acme/web-runtime:ruby-3.3",
-                                     "readinessProbe": {"httpGet": {"path": "/up", "port": 3000}}}]}}},
-    }
-
-
-@pytest.fixture
-def fleet(kube: Kube, cluster: ControlPlane, webhook: WebhookServer, tmp_path: Path) -> Iterator[Fleet]:
-    certs = tmp_path / "certs"
-    ensure_certs(certs)
-    artifacts = tmp_path / "artifacts"
-    for release in ("v1", "v2", "v3", "v4"):
-        publish(artifacts, release, release_archive(release))
-    publish(artifacts, "broken", release_archive("broken", broken=True))
-    controller = ControllerProcess(cluster, tmp_path / "controller", certs).start()
-    kube.apply(manifest(artifacts))
-    kubelet = Kubelet(cluster, kube.namespace, tmp_path / "pods", certs / "ca.crt")
-    pods = kubelet.sync("app=web", REPLICAS)
-    nginx = Nginx(tmp_path / "nginx").start([p.puma.port for p in pods])
-    fleet = Fleet(kube, kubelet, controller, nginx, artifacts, certs)
-    fleet.wait_rollout("v1", ("Complete",))
-    deadline = time.monotonic() + 30  # the controller verifies the new pods by asking their agents
-    while time.monotonic() < deadline and set(fleet.pod_releases().values()) != {"v1"}:
-        time.sleep(0.2)
-    try:
-        yield fleet
-    finally:
-        controller.stop()
-        nginx.stop()
-        kubelet.stop()
