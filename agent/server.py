@@ -324,11 +324,13 @@ class _Conn:
 
 @dataclass(frozen=True)
 class ServerLimits:
-    max_connections: int = 512
-    workers: int = 4
-    handshake_seconds: float = 10.0
-    idle_seconds: float = 30.0
-    request_seconds: float = 10.0
+    """The API's bounds; their defaults and names are AgentConfig's (one place, CFO_AGENT_*)."""
+
+    max_connections: int
+    workers: int
+    handshake_seconds: float
+    idle_seconds: float
+    request_seconds: float
     write_seconds: float = 10.0
 
     @classmethod

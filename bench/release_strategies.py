@@ -31,7 +31,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -44,7 +43,7 @@ from agent.puma import read_processes
 from tests.harness import images
 from tests.harness.load import Load, Sample
 from tests.harness.node import Node, running_node
-from tests.harness.node_app import GOOD_APP, PUMA_CONFIG, PUMA_PORT, Product, Sources, WebApp, node_release
+from tests.harness.node_app import GOOD_APP, PUMA_CONFIG, PUMA_PORT, Peaks, Product, Sources, WebApp, node_release
 
 RESULTS = Path(os.environ.get("CFO_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 STRATEGIES = ("native rolling update", "native + readiness, preStop", "ours, in place")
@@ -111,28 +110,6 @@ def puma_processes() -> int:
     return sum(1 for p in read_processes() if p.title.startswith("puma"))
 
 
-class Sampler:
-    """Peak pods and Puma processes while a release runs."""
-
-    def __init__(self, count_pods: Callable[[], int]) -> None:
-        self.count_pods, self.peak_pods, self.peak_puma = count_pods, 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.peak_pods = max(self.peak_pods, self.count_pods())
-            self.peak_puma = max(self.peak_puma, puma_processes())
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def native_objects(namespace: str, pods: int, release: str, fixes: bool, pre_stop: int) -> list[dict[str, Any]]:
     """A plain Deployment: the code in a ConfigMap, the release an env var of the container."""
     code = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "code", "namespace": namespace},
@@ -176,7 +153,7 @@ class Bench:
         cpu_start, clock_start = cluster_cpu_seconds(self.node), time.monotonic()
         time.sleep(self.args.baseline)
         baseline_rate = (cluster_cpu_seconds(self.node) - cpu_start) / (time.monotonic() - clock_start)
-        with Sampler(lambda: len(app.pods())) as sampler:
+        with Peaks(pods=lambda: len(app.pods()), puma=puma_processes) as peaks:
             cpu, started = cluster_cpu_seconds(self.node), time.monotonic()
             release()
             self.node.wait(f"{name} to finish", done, 600, interval=0.2)
@@ -188,8 +165,8 @@ class Bench:
         during = load.between(started, finished)
         return Result(name, len(load.samples), len(load.failures()), quantile(before, .5), quantile(before, .99),
                       quantile(before, 1), quantile(during, .5), quantile(during, .99), quantile(during, 1),
-                      finished - started, max(0, sampler.peak_pods - self.args.pods),
-                      max(0, sampler.peak_puma - base_puma), spent, 100 * machine)
+                      finished - started, max(0, peaks.peak["pods"] - self.args.pods),
+                      max(0, peaks.peak["puma"] - base_puma), spent, 100 * machine)
 
     def native(self, fixes: bool) -> Result:
         app = self._app()

@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from tests.harness import images
 from tests.harness.controlplane import ROOT
 from tests.harness.load import Load, Sample
 from tests.harness.node import Node, running_node
-from tests.harness.node_app import PUMA_PORT, Product, Sources, WebApp, node_release
+from tests.harness.node_app import PUMA_PORT, Peaks, Product, Sources, WebApp, node_release
 
 NAMESPACE = "shop"
 REPLICAS = 3
@@ -129,28 +128,17 @@ class Demo:
     def release_under_load(self, release: str) -> Outcome:
         uids, sets = self.app.uids(), self.app.replicasets()
         restarts = sum(self.app.restarts().values())
-        peak = [len(self.app.pods())]
-        stop = threading.Event()
-
-        def count_pods() -> None:
-            while not stop.is_set():
-                peak.append(len(self.app.pods()))
-                time.sleep(0.2)
-
-        counter = threading.Thread(target=count_pods, daemon=True)
-        load = Load(self.app.cluster_ip(), 80, rate=RATE).start()
-        counter.start()
-        time.sleep(3)
-        started = time.monotonic()
-        code = self.cfo("release", "web", release, "--wait")
-        finished = time.monotonic()
-        time.sleep(2)
-        load.stop()
-        stop.set()
-        counter.join()
+        with Peaks(pods=lambda: len(self.app.pods())) as peaks:
+            load = Load(self.app.cluster_ip(), 80, rate=RATE).start()
+            time.sleep(3)
+            started = time.monotonic()
+            code = self.cfo("release", "web", release, "--wait")
+            finished = time.monotonic()
+            time.sleep(2)
+            load.stop()
         return Outcome(code, load, started, finished, set(uids.values()) - set(self.app.uids().values()),
                        sum(self.app.restarts().values()) - restarts, len(set(self.app.replicasets()) - set(sets)),
-                       max(peak) - REPLICAS)
+                       peaks.peak["pods"] - REPLICAS)
 
     @staticmethod
     def report(title: str, outcome: Outcome) -> int:

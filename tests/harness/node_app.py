@@ -1,8 +1,8 @@
 """The product on the real node: installed by `cfo-admin install`, an opted-in Puma app, and
 release sources that pods can reach (S3 from moto, HTTPS behind a private CA, a host directory).
 
-Shared by the real-node tests and `make demo`. Nothing here plays the kubelet: pods, their
-volumes, their restarts and their endpoints are what the node did.
+Shared by the real-node tests, `make demo` and the benchmark. It only reads what the node did
+(pods, their volumes, restarts and endpoints); it never writes pod status.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import os
 import subprocess
 import sys
 import tarfile
-import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,30 @@ def node_release(release: str, broken: bool = False, workers: int = 2) -> bytes:
     """A release as a Rails app ships one: the app and its config/puma.rb. It answers
     `<release> <worker pid>`, so a test sees which code and which worker served it."""
     return release_tarball(dict(web_files(release, broken, workers)))
+
+
+class Peaks:
+    """The highest value of each probe (pod count, Puma processes, ...) while a block runs,
+    sampled every 200 ms in a thread: what a release cost in surge."""
+
+    def __init__(self, **probes: Callable[[], int]) -> None:
+        self.probes = probes
+        self.peak = {name: probe() for name, probe in probes.items()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for name, probe in self.probes.items():
+                self.peak[name] = max(self.peak[name], probe())
+
+    def __enter__(self) -> Peaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @dataclass
@@ -521,10 +546,6 @@ class WebApp:
         result = self.kubectl("get", "configmap", c.release_configmap_name(self.name), "-o", "json", check=False)
         return (json.loads(result.stdout).get("data") or {}).get(c.RELEASE_CONFIGMAP_KEY) \
             if result.returncode == 0 else None
-
-
-def scratch_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="cfo-node-"))
 
 
 def kill_container(node: Node, namespace: str, pod_name: str, container: str) -> None:

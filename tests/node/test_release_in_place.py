@@ -5,7 +5,6 @@ ClusterIP moves every pod in place: same pods, no restarts, no new ReplicaSet, n
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 import contract as c
 from tests.harness.load import Load
 from tests.harness.node import STORAGE_CLASS
-from tests.harness.node_app import WebApp
+from tests.harness.node_app import Peaks, WebApp
 
 pytestmark = pytest.mark.node
 
@@ -61,27 +60,6 @@ def test_an_opted_in_deployment_starts_on_real_pods_with_its_release_on_a_provis
     assert len(annotations) == 3
 
 
-class PodCounter:
-    """Counts the app's pods (any phase) every 200 ms while a release runs."""
-
-    def __init__(self, app: WebApp) -> None:
-        self.app, self.peak, self._stop = app, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, len(self.app.pods()))
-            time.sleep(0.2)
-
-    def __enter__(self) -> PodCounter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def test_a_release_under_load_moves_every_pod_in_place_and_drops_nothing(app: WebApp) -> None:
     app.deploy("v1")
     before_uids, before_sets = app.uids(), app.replicasets()
@@ -90,7 +68,7 @@ def test_a_release_under_load_moves_every_pod_in_place_and_drops_nothing(app: We
 
     load = Load(app.cluster_ip(), 80, rate=100).start()
     time.sleep(2)
-    with PodCounter(app) as pods:
+    with Peaks(pods=lambda: len(app.pods())) as peaks:
         result = app.cfo("release", "web", "v2", "--wait", "--timeout", "240")
     time.sleep(2)
     load.stop()
@@ -102,7 +80,7 @@ def test_a_release_under_load_moves_every_pod_in_place_and_drops_nothing(app: We
     assert app.uids() == before_uids
     assert app.replicasets() == before_sets
     assert set(app.restarts().values()) == {0}, app.restarts()
-    assert pods.peak == 3
+    assert peaks.peak["pods"] == 3
     for pod in app.pods():
         assert app.agent_status(pod)["release"] == "v2"
         assert app.links(pod) == ("releases/v2", "releases/v1")

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agent.config import AgentConfig
 from agent.server import AgentServer, ServerLimits, tls_context
 from certs.names import CONTROLLER_CN
 from controller.agents import AgentClient, AgentError, Pins, agent_identity
@@ -57,7 +58,8 @@ def restart_on_same_port(running: Running, installation: Installation, tmp_path:
     running.server.shutdown()
     running.server.server_close()
     context, _ = tls_context(config_for(tmp_path, installation.ca.cert_pem().decode()))
-    server = AgentServer(FakeAgent(), context, ("127.0.0.1", port), ServerLimits(), CONTROLLER_CN)  # type: ignore[arg-type]
+    limits = ServerLimits.of(AgentConfig.resolve(env={}))
+    server = AgentServer(FakeAgent(), context, ("127.0.0.1", port), limits, CONTROLLER_CN)  # type: ignore[arg-type]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     running.server = server
     return server
