@@ -154,9 +154,18 @@ def test_an_agent_that_may_not_signal_moves_nothing(volume: Path, stand_in: subp
     for path in [layout.root, *layout.root.rglob("*")]:
         os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
     before = links(layout)
-    done = subprocess.run([python, "-c", AS_ANOTHER_USER, str(layout.root), str(pidfile), source, restart],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, user=NOBODY, group=NOBODY,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
+    # The checkout may sit in a directory only root can enter (a CI clone in a 0700 temp dir):
+    # the other uid gets its own readable copy of what the agent imports.
+    code = volume.parent / f"{volume.name}-code"
+    for package in ("agent", "contract", "certs"):
+        shutil.copytree(ROOT / package, code / package, ignore=shutil.ignore_patterns("__pycache__"))
+    code.chmod(0o755)
+    try:
+        done = subprocess.run([python, "-c", AS_ANOTHER_USER, str(layout.root), str(pidfile), source, restart],
+                              cwd=code, capture_output=True, text=True, timeout=60, user=NOBODY, group=NOBODY,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
+    finally:
+        shutil.rmtree(code, ignore_errors=True)
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout.splitlines()[-1])
     assert status["state"] == "failed", status
