@@ -32,11 +32,11 @@ $(STAMP): setup.cfg pyproject.toml
 venv: $(STAMP)
 
 k8s-binaries:
-	@bash tests/k8s/build.sh >/dev/null
-	@bash tests/k8s/build-provisioner.sh >/dev/null
+	@bash testbed/k8s/build.sh >/dev/null
+	@bash testbed/k8s/build-provisioner.sh >/dev/null
 
 images: venv debian-packages
-	$(PY) -m tests.harness.images >/dev/null
+	$(PY) -m testbed.images >/dev/null
 
 debian-packages:
 	@bash scripts/debian-packages
@@ -59,13 +59,13 @@ test: venv debian-packages k8s-binaries images lint
 	$(PY) -m pytest -q tests
 
 cluster: venv debian-packages k8s-binaries images
-	$(PY) -m tests.harness.cluster
+	$(PY) -m testbed.cluster
 
 cluster-down: venv
-	$(PY) -m tests.harness.cluster --down
+	$(PY) -m testbed.cluster --down
 
 demo: venv debian-packages k8s-binaries images
-	$(PY) -m tests.harness.demo
+	$(PY) -m testbed.demo
 
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'

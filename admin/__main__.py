@@ -1,7 +1,7 @@
-"""`python -m admin` is `cfo-admin`."""
+"""`python -m customer_friendly.admin` is `cfo-admin`."""
 
 import sys
 
-from admin.cli import main
+from customer_friendly.admin.cli import main
 
 sys.exit(main())

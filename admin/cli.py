@@ -15,9 +15,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from admin import preflight
-from admin.install import Installer, policy_values
-from webhook.policy import INSTALL_NAMESPACE, POLICY_CONFIGMAP, Policy, PolicyError, policy_from_mapping
+from customer_friendly.admin import preflight
+from customer_friendly.admin.install import Installer, policy_values
+from customer_friendly.contract.objects import is_opted_in
+from customer_friendly.contract.policy import (
+    INSTALL_NAMESPACE,
+    POLICY_CONFIGMAP,
+    Policy,
+    PolicyError,
+    policy_from_mapping,
+)
 
 
 class KubectlError(RuntimeError):
@@ -59,7 +66,7 @@ def run_preflight(api: Any, access_point_limit: int) -> int:
     classes = api.sanitize_for_serialization(storage.list_storage_class()).get("items", [])
     checks += preflight.storage_class_checks(policy, classes)
     deployments = [d for d in api.sanitize_for_serialization(apps.list_deployment_for_all_namespaces())["items"]
-                   if ((d["metadata"].get("annotations") or {}).get("customer-friendly.dev/enabled") == "true")]
+                   if is_opted_in(d)]
     checks += aws_checks(policy, classes, deployments, access_point_limit)
     print(preflight.render(checks))
     return 0 if all(c.ok for c in checks) else 1

@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from certs.cli import ensure, leaf_specs
-from certs.pki import Validity
-from certs.store import SecretStore
-from webhook.policy import INSTALL_NAMESPACE, POLICY_CONFIGMAP, PolicyError, policy_from_mapping
+from customer_friendly.certs.cli import ensure, leaf_specs
+from customer_friendly.certs.pki import Validity
+from customer_friendly.certs.store import SecretStore
+from customer_friendly.contract.policy import INSTALL_NAMESPACE, POLICY_CONFIGMAP, PolicyError, policy_from_mapping
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.policy import Policy
+from customer_friendly.contract.policy import Policy
 
 EFS_PROVISIONER = "efs.csi.aws.com"
 
@@ -37,14 +37,14 @@ def version_checks(git_version: str, policy: Policy) -> list[Check]:
     shown = f"{version[0]}.{version[1]}"
     checks = []
     sidecars = version >= (1, 29)
-    if policy.nativeSidecars and not sidecars:
+    if policy.native_sidecars and not sidecars:
         checks.append(Check("native sidecars", False, f"Kubernetes {shown} has no native sidecars (1.29+)",
                             'set nativeSidecars: "false" in the policy ConfigMap'))
     else:
         checks.append(Check("native sidecars", True, f"Kubernetes {shown}: " + (
             "native sidecars available" if sidecars else "agent runs as a regular container (policy)")))
     sleep = version >= (1, 30)
-    if policy.preStopSleepAction and not sleep:
+    if policy.pre_stop_sleep_action and not sleep:
         checks.append(Check("preStop sleep action", False, f"Kubernetes {shown} has no preStop sleep action "
                             "(beta and on by default from 1.30)",
                             'set preStopSleepAction: "false" in the policy (the app image then needs `sleep`)'))
@@ -57,14 +57,14 @@ def version_checks(git_version: str, policy: Policy) -> list[Check]:
 def storage_class_checks(policy: Policy, storage_classes: list[dict[str, Any]]) -> list[Check]:
     if policy.volume != "efs":
         return [Check("code volume", True, "policy uses emptyDir; no StorageClass needed")]
-    found = next((sc for sc in storage_classes if sc["metadata"]["name"] == policy.storageClass), None)
+    found = next((sc for sc in storage_classes if sc["metadata"]["name"] == policy.storage_class), None)
     if found is None:
-        return [Check(f"StorageClass {policy.storageClass}", False, "not found",
+        return [Check(f"StorageClass {policy.storage_class}", False, "not found",
                       f"create it with provisioner {EFS_PROVISIONER}, parameters provisioningMode: efs-ap and "
                       "fileSystemId: fs-…, or set storageClass/volume in the policy")]
     checks = []
     provisioner = found.get("provisioner")
-    checks.append(Check(f"StorageClass {policy.storageClass}", provisioner == EFS_PROVISIONER,
+    checks.append(Check(f"StorageClass {policy.storage_class}", provisioner == EFS_PROVISIONER,
                         f"provisioner {provisioner}", "" if provisioner == EFS_PROVISIONER
                         else f"use the EFS CSI driver ({EFS_PROVISIONER})"))
     mode = (found.get("parameters") or {}).get("provisioningMode")
@@ -75,7 +75,7 @@ def storage_class_checks(policy: Policy, storage_classes: list[dict[str, Any]]) 
 
 
 def file_system_id(policy: Policy, storage_classes: list[dict[str, Any]]) -> str | None:
-    found = next((sc for sc in storage_classes if sc["metadata"]["name"] == policy.storageClass), None)
+    found = next((sc for sc in storage_classes if sc["metadata"]["name"] == policy.storage_class), None)
     return ((found or {}).get("parameters") or {}).get("fileSystemId")
 
 

@@ -1,7 +1,7 @@
-"""`python -m agent` is `cfo-agent`."""
+"""`python -m customer_friendly.agent` is `cfo-agent`."""
 
 import sys
 
-from agent.cli import main
+from customer_friendly.agent.cli import main
 
 sys.exit(main())

@@ -10,8 +10,9 @@ import ssl
 import sys
 import urllib.request
 
-from agent.config import AgentConfig, add_arguments
-from agent.release import Layout, ReleaseError, install, prune, switch
+from customer_friendly.agent.config import SETTINGS, AgentConfig
+from customer_friendly.agent.release import Layout, ReleaseError, install, prune, switch
+from customer_friendly.contract.config import add_arguments
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("fetch", "init container: fetch the wanted release and point current at it"),
                        ("serve", "sidecar: serve the mutual-TLS API")):
-        add_arguments(sub.add_parser(name, help=text, description=text))
+        add_arguments(sub.add_parser(name, help=text, description=text), SETTINGS)
     status = sub.add_parser("status", help="ask a running agent for its status (for debugging)")
     status.add_argument("--url", default="https://127.0.0.1:9443", help="agent URL")
     status.add_argument("--cert", required=True, help="client certificate signed by the installation's CA")
@@ -58,8 +59,8 @@ def fetch_command(config: AgentConfig) -> int:
 
 
 def serve_command(config: AgentConfig) -> int:
-    from agent.operation import Agent
-    from agent.server import make_server
+    from customer_friendly.agent.operation import Agent
+    from customer_friendly.agent.server import make_server
 
     server = make_server(Agent(config), config)
     logging.getLogger(__name__).info("agent API on https://%s:%d", config.bind, config.port)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         return status_command(args)
     try:
-        config = AgentConfig.resolve(args)
+        config = AgentConfig.from_env(args)
     except (ValueError, OSError) as err:  # a bad number in a setting, an unreadable CA file
         print(f"cfo-agent {args.command}: bad setting: {one_line(str(err))}", file=sys.stderr)
         return 2

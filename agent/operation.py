@@ -24,13 +24,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from agent import puma, worker
-from agent.config import AgentConfig
-from agent.release import (
+from customer_friendly.agent import puma, worker
+from customer_friendly.agent.config import AgentConfig
+from customer_friendly.agent.release import (
     Layout,
     Links,
     ReleaseError,
@@ -42,10 +42,19 @@ from agent.release import (
     restore,
     switch,
 )
+from customer_friendly.contract.agent_api import (
+    DONE,
+    FAILED,
+    FETCHING,
+    IDLE,
+    RESTARTING,
+    AgentStatus,
+    ReleaseRequest,
+    RestartOptions,
+)
 
 logger = logging.getLogger(__name__)
 
-IDLE, FETCHING, RESTARTING, DONE, FAILED = "idle", "fetching", "restarting", "done", "failed"
 
 STEADY_SECONDS = 3.0
 """Without Puma's control app, how long the new workers must stay the same processes to count as
@@ -57,27 +66,7 @@ class Busy(RuntimeError):
     """Another operation is running."""
 
 
-@dataclass
-class Status:
-    state: str = IDLE
-    target: str | None = None
-    restart: str | None = None
-    error: str | None = None
-    note: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    puma: dict[str, Any] = field(default_factory=dict)
-    steps: list[str] = field(default_factory=list)
-    """What a drain or signal restart did, in order."""
-    reverted: bool | None = None
-    """After a failure: True when `current` and `previous` were put back as they were, False when
-    that failed, None when they had not moved."""
-    puma_restored: bool | None = None
-    """After a failure: True when the signalled process was restarted on the old release again,
-    False when it could not be (or is not the agent's to restart), None when it was never signalled."""
-
-
-def settled(status: Status, current: str | None, release: str) -> bool:
+def settled(status: AgentStatus, current: str | None, release: str) -> bool:
     """Whether a request for `release` has nothing to do. Pure.
 
     True when `release` is current and the last operation left the processes serving it: it
@@ -103,42 +92,32 @@ class Attempt:
     signalled: bool = False
 
 
-@dataclass(frozen=True)
-class Request:
-    release: str
-    source: str
-    restart: str = "phased"
-    allow_hot: bool = False
-    deadline_seconds: float | None = None
-    process: str | None = None
-    """drain and signal: a pattern for the process title (default: the Puma master)."""
-    quiet_signal: str = "TSTP"
-    drain_seconds: float = 30.0
-
-
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.layout = Layout(config.code_path)
         self.limits = config.limits
         self._lock = threading.Lock()
-        self._status = Status()
+        self._status = AgentStatus()
         self._thread: threading.Thread | None = None
         self._asked: dict[str, int] = {}
 
     # --- queries ----------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def report(self) -> AgentStatus:
+        """The status the API answers with (contract.agent_api), read afresh from the volume and /proc."""
         with self._lock:
-            status = asdict(self._status)
-            status["asked"] = dict(self._asked)
-        status["release"] = current_release(self.layout)
-        status["previous"] = previous_release(self.layout)
+            status, asked = self._status, dict(self._asked)
         try:
-            status["puma"] = {**puma.locate(self.config.puma_pidfile).as_dict(), **status["puma"]}
+            seen = {**puma.locate(self.config.puma_pidfile).as_dict(), **status.puma}
         except puma.PumaError as err:
-            status["puma"] = {"error": str(err)}
-        return status
+            seen = {"error": str(err)}
+        return replace(status, asked=asked, puma=seen, release=current_release(self.layout),
+                       previous=previous_release(self.layout))
+
+    def status(self) -> dict[str, Any]:
+        """`report()` in its JSON form."""
+        return self.report().to_json()
 
     def running(self) -> bool:
         with self._lock:
@@ -146,7 +125,7 @@ class Agent:
 
     # --- commands ---------------------------------------------------------------------------
 
-    def start(self, request: Request) -> bool:
+    def start(self, request: ReleaseRequest) -> bool:
         """Start an operation; False when it is a no-op (already there, or already under way)."""
         with self._lock:
             # Counted so that a controller restart can be checked never to ask twice.
@@ -158,26 +137,27 @@ class Agent:
                 raise Busy(f"busy: {state.state} release {state.target}")
             if settled(state, current_release(self.layout), request.release):
                 if state.state == FAILED:  # after a revert: the controller's rollback finds it done
-                    self._status = Status(state=DONE, target=request.release, finished_at=time.time(),
-                                          note=f"release {request.release} is current again after the failed "
-                                               f"release {state.target}: nothing to do")
+                    self._status = AgentStatus(state=DONE, target=request.release, finished_at=time.time(),
+                                               note=f"release {request.release} is current again after the "
+                                                    f"failed release {state.target}: nothing to do")
                 return False
-            self._status = Status(state=FETCHING, target=request.release, restart=request.restart,
-                                  started_at=time.time())
+            self._status = AgentStatus(state=FETCHING, target=request.release, restart=request.options.restart,
+                                       started_at=time.time())
         self._thread = threading.Thread(target=self._run, args=(request,), name="cfo-operation", daemon=True)
         self._thread.start()
         return True
 
-    def rollback(self, options: dict[str, Any] | None = None) -> str:
+    def rollback(self, options: RestartOptions | None = None) -> str:
         """Back to the previous release, with the restart settings of a /v1/release request."""
         previous = previous_release(self.layout)
         if previous is None:
             raise ReleaseError("nothing to roll back to: no previous release on this pod")
-        request = Request(previous, "", **(options or {}))
+        request = ReleaseRequest(previous, "", options or RestartOptions())
         with self._lock:
             if self._status.state in (FETCHING, RESTARTING):
                 raise Busy(f"busy: {self._status.state} release {self._status.target}")
-            self._status = Status(state=RESTARTING, target=previous, restart=request.restart, started_at=time.time())
+            self._status = AgentStatus(state=RESTARTING, target=previous, restart=request.options.restart,
+                                       started_at=time.time())
         self._thread = threading.Thread(target=self._run, args=(request, True), name="cfo-rollback", daemon=True)
         self._thread.start()
         return previous
@@ -190,17 +170,16 @@ class Agent:
 
     def _update(self, **changes: Any) -> None:
         with self._lock:
-            for key, value in changes.items():
-                setattr(self._status, key, value)
+            self._status = replace(self._status, **changes)
 
-    def _run(self, request: Request, rollback: bool = False) -> None:
+    def _run(self, request: ReleaseRequest, rollback: bool = False) -> None:
         attempt = Attempt()
-        deadline = request.deadline_seconds or self.config.restart_deadline
+        deadline = request.options.deadline_seconds or self.config.restart_deadline
         try:
             if not rollback:
                 install(self.layout, request.release, request.source, require_sha256=self.config.require_sha256,
                         limits=self.limits)
-            if request.restart in ("phased", "hot"):
+            if request.options.restart in ("phased", "hot"):
                 view = puma.locate(self.config.puma_pidfile)
                 mode = self._restart_mode(view, request)
                 puma.check_can_signal(view.master.pid, "Puma")
@@ -209,7 +188,7 @@ class Agent:
                 self._switch(request.release, attempt)
                 self._restart(view, mode, deadline, attempt=attempt, release=request.release)
             else:
-                mode = request.restart
+                mode = request.options.restart
                 self._restart_process(request, deadline, attempt)
             removed = prune(self.layout, self.config.keep_releases)
             if removed:
@@ -268,29 +247,28 @@ class Agent:
         logger.info("Puma is back on the old release (%s restart)", mode)
         return True, f"current and previous restored, and Puma restarted on the old release ({mode} restart)"
 
-    def _restart_process(self, request: Request, deadline: float, attempt: Attempt) -> None:
+    def _restart_process(self, request: ReleaseRequest, deadline: float, attempt: Attempt) -> None:
         """drain or signal:<NAME>: the process is found, and can be signalled, before `current`
         moves, or nothing moves."""
-        target = worker.Target(request.process, self.config.process_pidfile)
+        target = worker.Target(request.options.process, self.config.process_pidfile)
         process = worker.locate(target, puma.read_processes)
         puma.check_can_signal(process.pid, worker.describe(target))
-        self._update(state=RESTARTING, restart=request.restart)
+        self._update(state=RESTARTING, restart=request.options.restart)
         self._switch(request.release, attempt)
 
         def progress(text: str) -> None:
             attempt.signalled = True  # every step is reported after a signal was sent
             with self._lock:
-                self._status.note = text
-                self._status.steps.append(text)
+                self._status = replace(self._status, note=text, steps=(*self._status.steps, text))
 
-        if request.restart == "drain":
-            worker.drain(target, request.quiet_signal, request.drain_seconds, deadline, progress)
+        if request.options.restart == "drain":
+            worker.drain(target, request.options.quiet_signal, request.options.drain_seconds, deadline, progress)
         else:
-            worker.send_signal(target, request.restart.split(":", 1)[1], progress)
+            worker.send_signal(target, request.options.restart.split(":", 1)[1], progress)
 
-    def _restart_mode(self, view: puma.PumaView, request: Request) -> str:
-        if request.restart != "phased":
-            return request.restart
+    def _restart_mode(self, view: puma.PumaView, request: ReleaseRequest) -> str:
+        if request.options.restart != "phased":
+            return request.options.restart
         reason = None
         if view.mode == "single":
             reason = "Puma runs in single mode (workers 0)"
@@ -302,7 +280,7 @@ class Agent:
                 pass
         if reason is None:
             return "phased"
-        if not request.allow_hot:
+        if not request.options.allow_hot:
             raise puma.PumaError(f"a phased restart is impossible: {reason}; Puma would silently do a full "
                                  "restart. Fix the config, or allow a hot restart")
         self._update(note=f"hot restart instead of phased: {reason}")

@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.archive import DEFAULT_LIMITS, MARKER, PREVIOUS_RECORD, Limits, UnsafeArchive, extract
-from agent.fetch import FetchError, fetch, fetch_optional_text
-from agent.tree import remove_tree
-from contract import RELEASE_PLACEHOLDER, is_release_id
+from customer_friendly.agent.archive import DEFAULT_LIMITS, MARKER, PREVIOUS_RECORD, Limits, UnsafeArchive, extract
+from customer_friendly.agent.fetch import FetchError, fetch, fetch_optional_text
+from customer_friendly.agent.tree import remove_tree
+from customer_friendly.contract import RELEASE_PLACEHOLDER, is_release_id
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The agent's HTTPS API, with mutual TLS: only the controller's client certificate.
 
     GET  /healthz          for the container's own probes; the only route without a client cert
-    GET  /v1/status        current, previous and target release, state, error, Puma's view
-    POST /v1/release       {"release", "source", "restart": "phased"|"hot", "allowHot", "deadlineSeconds"}
-    POST /v1/rollback      {"restart", "allowHot"}
+    GET  /v1/status        contract.agent_api.AgentStatus: releases, state, error, Puma's view
+    POST /v1/release       contract.agent_api.ReleaseRequest (release, source and RestartOptions)
+    POST /v1/rollback      contract.agent_api.RestartOptions
 
 A started operation answers 202, a no-op 200, a second operation while one runs 409.
 
@@ -51,11 +51,18 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from agent.config import AgentConfig
-from agent.operation import Agent, Busy, Request
-from agent.release import ReleaseError
-from certs.identity import client_refusal, describe, ephemeral_serving_pair, fingerprint
-from contract import RESTART_ACCEPTS, SIGNAL_NAMES, SOURCE_SCHEMES, is_release_id, is_restart_mode
+from customer_friendly.agent.config import AgentConfig
+from customer_friendly.agent.operation import Agent, Busy
+from customer_friendly.agent.release import ReleaseError
+from customer_friendly.certs.identity import client_refusal, describe, ephemeral_serving_pair, fingerprint
+from customer_friendly.contract.agent_api import (
+    HEALTH_PATH,
+    RELEASE_PATH,
+    ROLLBACK_PATH,
+    STATUS_PATH,
+    ReleaseRequest,
+    RestartOptions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -179,40 +186,6 @@ def frame(buffer: bytes | bytearray, max_head: int = MAX_HEAD, max_body: int = M
     return total if len(buffer) >= total else None
 
 
-def parse_options(body: dict[str, Any]) -> dict[str, Any]:
-    """The restart settings shared by /v1/release and /v1/rollback; ValueError names the field."""
-    restart = body.get("restart", "phased")
-    if not isinstance(restart, str) or not is_restart_mode(restart):
-        raise ValueError(f"restart must be {RESTART_ACCEPTS}")
-    deadline = body.get("deadlineSeconds")
-    if deadline is not None and (not isinstance(deadline, int | float) or not 1 <= deadline <= 3600):
-        raise ValueError("deadlineSeconds must be a number from 1 to 3600")
-    process = body.get("process")
-    if process is not None:
-        try:
-            re.compile(process)
-        except (re.error, TypeError) as err:
-            raise ValueError(f"process must be a regular expression for the process title ({err})") from err
-    quiet = body.get("quietSignal", "TSTP")
-    if quiet not in SIGNAL_NAMES:
-        raise ValueError("quietSignal must be one of " + ", ".join(SIGNAL_NAMES))
-    drain = body.get("drainSeconds", 30)
-    if not isinstance(drain, int | float) or not 0 <= drain <= 3600:
-        raise ValueError("drainSeconds must be a number from 0 to 3600")
-    return {"restart": restart, "allow_hot": bool(body.get("allowHot", False)), "deadline_seconds": deadline,
-            "process": process, "quiet_signal": quiet, "drain_seconds": drain}
-
-
-def parse_release_request(body: dict[str, Any]) -> Request:
-    """Validate a /v1/release body; ValueError names the field and what it accepts."""
-    release, source = body.get("release"), body.get("source")
-    if not isinstance(release, str) or not is_release_id(release):
-        raise ValueError("release must be a release id matching ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-    if not isinstance(source, str) or not source.startswith(SOURCE_SCHEMES) or "{release}" not in source:
-        raise ValueError("source must be an s3://, https:// or file:// URI template containing {release}")
-    return Request(release, source, **parse_options(body))
-
-
 class Handler(BaseHTTPRequestHandler):
     """One complete request, already framed by the server's loop, answered on its connection."""
 
@@ -279,26 +252,26 @@ class Handler(BaseHTTPRequestHandler):
         return body
 
     def do_GET(self) -> None:
-        if self.path == "/healthz":
+        if self.path == HEALTH_PATH:
             self._send(200, {"status": "ok"})
-        elif self.path == "/v1/status":
+        elif self.path == STATUS_PATH:
             if self._authenticated():
                 self._send(200, self.api.agent.status())
         else:
             self._send(404, {"error": "no such route"})
 
     def do_POST(self) -> None:
-        if self.path not in ("/v1/release", "/v1/rollback"):
+        if self.path not in (RELEASE_PATH, ROLLBACK_PATH):
             self._send(404, {"error": "no such route"})
             return
         if not self._authenticated() or (body := self._body()) is None:
             return
         try:
-            if self.path == "/v1/release":
-                started = self.api.agent.start(parse_release_request(body))
+            if self.path == RELEASE_PATH:
+                started = self.api.agent.start(ReleaseRequest.from_json(body))
                 self._send(202 if started else 200, self.api.agent.status())
             else:
-                self.api.agent.rollback(parse_options(body))
+                self.api.agent.rollback(RestartOptions.from_json(body))
                 self._send(202, self.api.agent.status())
         except Busy as err:
             self._send(409, {"error": str(err)})

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import puma
+from customer_friendly.agent import puma
 
 # Sidekiq (and workers that copy it) show their load in the process title: "[3 of 10 busy]".
 BUSY_TITLE = re.compile(r"\[(\d+) of (\d+) busy\]")

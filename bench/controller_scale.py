@@ -7,7 +7,7 @@ with the real controller process. The agents are STAND-INS: one small mutual-TLS
 answering for every pod's loopback address (127.x.y.z) and pretending that a restart takes
 --restart-seconds. This measures the controller, not Puma (the other benchmarks do that).
 It also writes each pod's status (Running, an IP) as a kubelet would: 1000 real pods cannot run
-on the 2-core machine the real node has (tests/harness/node.py), so this one benchmark keeps a
+on the 2-core machine the real node has (testbed/node.py), so this one benchmark keeps a
 stand-in for scale, and its README table says so. Every other figure comes from the real node.
 
 Scenarios: one Deployment of 200 pods at max-unavailable 25%; then D Deployments of 5 pods
@@ -34,8 +34,8 @@ from typing import Any
 
 from kubernetes import client, config
 
-from tests.harness.controlplane import ROOT, ControlPlane, free_port, terminate
-from tests.harness.webhook import ensure_certs
+from testbed.controlplane import ROOT, ControlPlane, free_port, terminate
+from testbed.webhook import ensure_certs
 
 RESULTS = Path(os.environ.get("CFO_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 SOURCE = "file:///releases/{release}.tar.gz"
@@ -121,7 +121,7 @@ class Bench:
     def start_controller(self) -> None:
         log = (self.work / "controller.log").open("ab")
         self.controller = subprocess.Popen(
-            [sys.executable, "-m", "controller", "--kubeconfig", str(self.cluster.kubeconfig),
+            [sys.executable, "-m", "customer_friendly.controller", "--kubeconfig", str(self.cluster.kubeconfig),
              "--cert", str(self.certs / "controller.crt"), "--key", str(self.certs / "controller.key"),
              "--metrics-port", str(self.metrics_port), "--metrics-bind", "127.0.0.1", "--no-leader-election",
              "--agent-port", str(self.agent_port), "--log-level", "warning"],

@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.harness.controlplane import ROOT
-from tests.harness.load import Load
-from tests.harness.puma_app import AgentClient, AgentProcess, Puma, publish, release_archive
-from tests.harness.webhook import ensure_certs
+from testbed.controlplane import ROOT
+from testbed.load import Load
+from testbed.puma_app import AgentClient, AgentProcess, Puma, publish, release_archive
+from testbed.webhook import ensure_certs
 
 
 def run(extra: tuple[str, ...], restarts: int, rate: float) -> tuple[int, int]:
@@ -29,7 +29,8 @@ def run(extra: tuple[str, ...], restarts: int, rate: float) -> tuple[int, int]:
     for release in ("v1", "v2"):
         publish(tmp / "art", release, release_archive(release))
     code, source = tmp / "code", f"file://{tmp / 'art'}/{{release}}.tar.gz"
-    subprocess.run([sys.executable, "-m", "agent", "fetch"], cwd=ROOT, check=True, capture_output=True,
+    subprocess.run([sys.executable, "-m", "customer_friendly.agent", "fetch"], cwd=ROOT, check=True,
+                    capture_output=True,
                    env={**os.environ, "CFO_CODE_PATH": str(code), "CFO_RELEASE_DEFAULT": "v1",
                         "CFO_SOURCE_DEFAULT": source})
     puma = Puma(code, tmp, extra_config=extra).start()

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.release_strategies [--pods 4] [--rate 150] [--runs 3]
 
 Everything is real: the kubelet, containerd, the Deployment controller, EndpointSlices and
-kube-proxy (tests/harness/node.py). Same app (Debian's Puma 5.6, 2 workers per pod, the same
+kube-proxy (testbed/node.py). Same app (Debian's Puma 5.6, 2 workers per pod, the same
 Rack app and config), same constant open-loop POST load through the Service's ClusterIP (a
 POST is never retried, so every dropped request shows). Nothing is simulated: what the real
 components do is what is measured.
@@ -39,11 +39,11 @@ from typing import Any
 
 import yaml
 
-from agent.puma import read_processes
-from tests.harness import images
-from tests.harness.load import Load, Sample
-from tests.harness.node import Node, running_node
-from tests.harness.node_app import GOOD_APP, PUMA_CONFIG, PUMA_PORT, Peaks, Product, Sources, WebApp, node_release
+from customer_friendly.agent.puma import read_processes
+from testbed import images
+from testbed.load import Load, Sample
+from testbed.node import Node, running_node
+from testbed.node_app import GOOD_APP, PUMA_CONFIG, PUMA_PORT, Peaks, Product, Sources, WebApp, node_release
 
 RESULTS = Path(os.environ.get("CFO_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 STRATEGIES = ("native rolling update", "native + readiness, preStop", "ours, in place")
@@ -296,7 +296,7 @@ def main() -> int:
     rows = [median_result(runs[name]) for name in STRATEGIES]
     print(table(rows))
     (RESULTS / "release_strategies.json").write_text(json.dumps(
-        {"args": vars(args), "node": "real kubelet, containerd, kube-proxy (tests/harness/node.py)",
+        {"args": vars(args), "node": "real kubelet, containerd, kube-proxy (testbed/node.py)",
          "medians": [asdict(r) for r in rows], "runs": {k: [asdict(r) for r in v] for k, v in runs.items()}},
         indent=2))
     chart(rows, RESULTS / "release_strategies.png")

@@ -32,10 +32,10 @@ from typing import Any
 
 from kubernetes import client, config
 
-from tests.harness.controlplane import ROOT, ControlPlane, free_port, terminate
-from tests.harness.webhook import WebhookServer, register
-from webhook.policy import Policy
-from webhook.review import admit
+from customer_friendly.contract.policy import Policy
+from customer_friendly.webhook.review import admit
+from testbed.controlplane import ROOT, ControlPlane, free_port, terminate
+from testbed.webhook import WebhookServer, register
 
 RESULTS = Path(os.environ.get("CFO_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 DEPLOYMENT = json.loads((ROOT / "tests" / "fixtures" / "deployment.json").read_text())
@@ -117,7 +117,8 @@ def direct(seconds: float) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         certs = Path(tmp)
-        subprocess.run([sys.executable, "-m", "certs", "ensure", "--out", str(certs), "--ip", "127.0.0.1"],
+        subprocess.run([sys.executable, "-m", "customer_friendly.certs", "ensure", "--out", str(certs), "--ip",
+                        "127.0.0.1"],
                        cwd=ROOT, check=True, capture_output=True)
         for threads in (1, 2, 4):
             row: dict[str, Any] = {"threads": threads}

@@ -1,7 +1,7 @@
-"""`python -m certs` is `cfo-certs`."""
+"""`python -m customer_friendly.certs` is `cfo-certs`."""
 
 import sys
 
-from certs.cli import main
+from customer_friendly.certs.cli import main
 
 sys.exit(main())

@@ -13,13 +13,14 @@ import logging
 import sys
 from pathlib import Path
 
-from certs.names import CONTROLLER_CN
-from certs.pki import LeafSpec, Plan, Usage, Validity, plan
-from certs.store import CA, DirectoryStore, SecretStore, Store
+from customer_friendly.certs.names import CONTROLLER_CN
+from customer_friendly.certs.pki import LeafSpec, Plan, Usage, Validity, plan
+from customer_friendly.certs.store import CA, DirectoryStore, SecretStore, Store
+from customer_friendly.contract.policy import INSTALL_NAMESPACE
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NAMESPACE = "customer-friendly-system"
+DEFAULT_NAMESPACE = INSTALL_NAMESPACE
 DEFAULT_SERVICE = "customer-friendly-webhook"
 
 

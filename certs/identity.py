@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certs.pki import KeyPair, LeafSpec, Usage, create_ca, issue
+from customer_friendly.certs.pki import KeyPair, LeafSpec, Usage, create_ca, issue
 
 
 def fingerprint(der: bytes) -> str:

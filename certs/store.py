@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from certs.pki import KeyPair, Plan
+from customer_friendly.certs.pki import KeyPair, Plan
 
 logger = logging.getLogger(__name__)
 

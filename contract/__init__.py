@@ -95,14 +95,6 @@ INJECTED = PREFIX + "injected"
 _MAX_NAME = 253
 
 
-def role_of(annotations: dict[str, str]) -> str:
-    """A Deployment's place in its app group's order."""
-    explicit = annotations.get(ROLE)
-    if explicit in ROLES:
-        return explicit
-    return "web" if annotations.get(RESTART, "phased") in ("phased", "hot") else "worker"
-
-
 def migration_job_name(deployment_name: str, release: str) -> str:
     """One Job per Deployment and release: finding it again is how a restart never migrates twice."""
     name = f"{deployment_name}-migrate-{release}".lower().replace("_", "-").replace(".", "-")

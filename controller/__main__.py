@@ -1,7 +1,7 @@
-"""`python -m controller` is `cfo-controller`."""
+"""`python -m customer_friendly.controller` is `cfo-controller`."""
 
 import sys
 
-from controller.cli import main
+from customer_friendly.controller.cli import main
 
 sys.exit(main())

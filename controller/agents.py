@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import contract as c
-from certs.identity import fingerprint
-from controller.plan import AgentView
+from customer_friendly import contract as c
+from customer_friendly.certs.identity import fingerprint
+from customer_friendly.contract.agent_api import RELEASE_PATH, STATUS_PATH, AgentStatus, ReleaseRequest
 
 logger = logging.getLogger(__name__)
 
@@ -134,19 +134,16 @@ class AgentClient:
             answer = {"error": f"HTTP {response.status} {response.reason}"}
         return response.status, answer
 
-    def status(self, ip: str, port: int, identity: str | None = None) -> AgentView:
+    def status(self, ip: str, port: int, identity: str | None = None) -> AgentStatus:
         """`identity` (agent_identity(pod)) pins the agent's certificate; without it nothing is pinned."""
-        code, body = self._call(ip, port, "GET", "/v1/status", identity=identity)
+        code, body = self._call(ip, port, "GET", STATUS_PATH, identity=identity)
         if code != 200:
             raise AgentError(f"agent at {ip}:{port} answered {code}: {body.get('error')}")
-        return AgentView(body.get("state", "idle"), body.get("target"), body.get("release"), body.get("error"))
+        return AgentStatus.from_json(body)
 
-    def release(self, ip: str, port: int, release: str, source: str, restart: str,
-                options: dict[str, Any] | None = None, identity: str | None = None) -> int:
+    def release(self, ip: str, port: int, request: ReleaseRequest, identity: str | None = None) -> int:
         """Ask for a release; 200 (already there), 202 (started) and 409 (busy) are all answers."""
-        code, body = self._call(ip, port, "POST", "/v1/release",
-                                {"release": release, "source": source, "restart": restart, **(options or {})},
-                                identity=identity)
+        code, body = self._call(ip, port, "POST", RELEASE_PATH, request.to_json(), identity=identity)
         if code not in (200, 202, 409):
-            raise AgentError(f"agent at {ip}:{port} refused release {release}: {code} {body.get('error')}")
+            raise AgentError(f"agent at {ip}:{port} refused release {request.release}: {code} {body.get('error')}")
         return code

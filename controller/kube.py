@@ -15,7 +15,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
-import contract as c
+from customer_friendly import contract as c
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ class Kube:
         items = self.apps.list_namespaced_deployment(namespace)
         return self.apps.api_client.sanitize_for_serialization(items).get("items", [])
 
-    def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+    def pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """`label_selector` as contract.objects.pod_selector writes it."""
         self._count()
-        label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
         pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector)
         return self.core.api_client.sanitize_for_serialization(pods).get("items", [])
 

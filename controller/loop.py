@@ -18,7 +18,8 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-import contract as c
+from customer_friendly import contract as c
+from customer_friendly.contract.objects import enabled
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,7 @@ class WorkQueue:
 
 
 def _opted_in(obj: Any) -> bool:
-    annotations = (obj.metadata.annotations or {}) if obj.metadata else {}
-    return annotations.get(c.ENABLED) == "true"
+    return enabled((obj.metadata.annotations or {}) if obj.metadata else {})
 
 
 def watch_deployments(apps: client.AppsV1Api, enqueue: Callable[[Key], None], stop: threading.Event,

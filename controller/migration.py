@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import contract as c
+from customer_friendly import contract as c
+from customer_friendly.contract.agent_api import AgentEnv
 
 Obj = dict[str, Any]
 KEEP_FINISHED_SECONDS = 24 * 3600
@@ -29,7 +30,7 @@ def job_for(deployment: Obj, release: str, source: str, command: str, container:
     pod["volumes"] = [v for v in pod.get("volumes") or [] if v.get("name") != c.CODE_VOLUME] + [
         {"name": c.CODE_VOLUME, "emptyDir": {}}]
     fetch = next(ct for ct in pod.get("initContainers") or [] if ct.get("name") == c.FETCH_CONTAINER)
-    pinned = {"CFO_RELEASE": release, "CFO_SOURCE": source}
+    pinned = {AgentEnv.RELEASE: release, AgentEnv.SOURCE: source}
     fetch["env"] = [e for e in fetch.get("env") or [] if e["name"] not in pinned] + [
         {"name": k, "value": v} for k, v in pinned.items()]
     pod["initContainers"] = [fetch] + [ct for ct in pod.get("initContainers") or []

@@ -9,25 +9,15 @@ its target is never asked again, so no pod is signalled twice for one release.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-PROGRESSING, PAUSED, COMPLETE, FAILED, ROLLED_BACK = "Progressing", "Paused", "Complete", "Failed", "RolledBack"
-RUNNING_STATES = ("fetching", "restarting")
+from customer_friendly.contract.agent_api import RUNNING_STATES, AgentStatus
+from customer_friendly.contract.rollout import COMPLETE, FAILED, PAUSED, PROGRESSING, ROLLED_BACK, Rollout
+
 POLL_SECONDS = 0.25
 """How soon to look at a batch in flight again."""
-
-
-@dataclass(frozen=True)
-class AgentView:
-    """What a pod's agent said, or None when it could not be asked."""
-
-    state: str
-    target: str | None
-    release: str | None
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,46 +36,8 @@ class PodState:
     """Running with an IP: its agent can be asked. Other pods start from the ConfigMap."""
     serving: str | None
     """The pod's customer-friendly.dev/release annotation."""
-    agent: AgentView | None = None
-
-
-@dataclass(frozen=True)
-class Rollout:
-    """The customer-friendly.dev/rollout annotation."""
-
-    release: str
-    previous: str | None
-    phase: str
-    updated: int = 0
-    total: int = 0
-    message: str = ""
-    batch: tuple[str, ...] = ()
-    batchRelease: str | None = None
-    batchStartedAt: float | None = None
-    batchNumber: int = 0
-    rollingBack: bool = False
-    migrated: bool = False
-    failedPod: str | None = None
-    reason: str | None = None
-    retry: str | None = None
-    startedAt: float | None = None
-
-    def to_annotation(self) -> str:
-        data = asdict(self)
-        data["batch"] = list(self.batch)
-        return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_annotation(cls, text: str | None) -> Rollout | None:
-        try:
-            data = json.loads(text) if text else None
-        except json.JSONDecodeError:
-            return None
-        if not isinstance(data, dict) or "release" not in data or "phase" not in data:
-            return None
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        known["batch"] = tuple(known.get("batch") or ())
-        return cls(**known)
+    agent: AgentStatus | None = None
+    """What its agent said, or None when it could not be asked."""
 
 
 @dataclass(frozen=True)
@@ -148,21 +100,21 @@ def migration_pending(spec: Spec, rollout: Rollout) -> bool:
     """The rollout of a release with a migration waits for it; a first release cannot (its pods
     already start from the Deployment itself), and a rollback never migrates."""
     return bool(spec.migrate) and rollout.release == spec.release and rollout.previous is not None \
-        and not rollout.migrated and not rollout.rollingBack
+        and not rollout.migrated and not rollout.rolling_back
 
 
 def configmap_target(spec: Spec, rollout: Rollout) -> str | None:
     """The release new pods must start on: never one that failed and was abandoned, nor one
     whose migration has not succeeded yet."""
-    abandoned = rollout.release == spec.release and (rollout.rollingBack or rollout.phase in (FAILED, ROLLED_BACK))
-    waiting = bool(spec.group_block) and rollout.release == spec.release and rollout.batchNumber == 0
+    abandoned = rollout.release == spec.release and (rollout.rolling_back or rollout.phase in (FAILED, ROLLED_BACK))
+    waiting = bool(spec.group_block) and rollout.release == spec.release and rollout.batch_number == 0
     if (abandoned or waiting or migration_pending(spec, rollout)) and rollout.previous:
         return rollout.previous
     return spec.release
 
 
 def _start(spec: Spec, previous: str | None, now: float) -> Rollout:
-    return Rollout(release=spec.release, previous=previous, phase=PROGRESSING, retry=spec.retry, startedAt=now,
+    return Rollout(release=spec.release, previous=previous, phase=PROGRESSING, retry=spec.retry, started_at=now,
                    message=f"rolling {spec.release} in place")
 
 
@@ -201,7 +153,7 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
             pod = by_name.get(name)
             if pod is None:
                 continue  # deleted mid-batch: the ReplicaSet replaces it from the ConfigMap
-            agent, want = pod.agent, rollout.batchRelease
+            agent, want = pod.agent, rollout.batch_release
             # idle: the agent started on `want` (a pod born from the ConfigMap, or an agent
             # restarted after its switch) and a request for it is a no-op that leaves it idle.
             if agent and agent.state in ("done", "idle") and agent.release == want:
@@ -212,27 +164,27 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
                 remaining.append(name)
                 if agent and agent.target != want and agent.release != want and agent.state not in RUNNING_STATES:
                     actions.ask[name] = want  # type: ignore[assignment]  # recorded but never asked
-        deadline_passed = rollout.batchStartedAt is not None and now - rollout.batchStartedAt > \
+        deadline_passed = rollout.batch_started_at is not None and now - rollout.batch_started_at > \
             spec.batch_deadline_seconds
         if failure is None and remaining and deadline_passed:
             failure = (remaining[0], f"did not finish within {spec.batch_deadline_seconds:.0f}s")
         updated = sum(1 for p in pods if serving(p) == rollout.release)
-        if failure is not None and not rollout.rollingBack:
+        if failure is not None and not rollout.rolling_back:
             return _fail(spec, rollout, pods, serving, failure, actions, now)
         if remaining and failure is None:
             actions.rollout = replace(rollout, updated=updated, total=len(pods)) if updated != rollout.updated \
                 else None
             actions.requeue_seconds = POLL_SECONDS
             return actions
-        rollout = replace(rollout, batch=(), batchRelease=None, batchStartedAt=None, updated=updated,
+        rollout = replace(rollout, batch=(), batch_release=None, batch_started_at=None, updated=updated,
                           total=len(pods))
         if failure is not None:  # a rollback that itself failed: stop, loudly
-            actions.rollout = replace(rollout, phase=FAILED, message=f"rollback failed on pod {failure[0]}: "
-                                      f"{failure[1]}")
+            actions.rollout = replace(rollout, phase=FAILED, rolling_back=False,
+                                      message=f"rollback failed on pod {failure[0]}: {failure[1]}")
             actions.events.append(Event("RollbackFailed", actions.rollout.message, warning=True))
             return actions
-        actions.events.append(Event("BatchDone", f"batch {rollout.batchNumber} on {want_of(rollout)} done"))
-        if rollout.release != spec.release and not rollout.rollingBack:
+        actions.events.append(Event("BatchDone", f"batch {rollout.batch_number} on {rollout.wanted} done"))
+        if rollout.release != spec.release and not rollout.rolling_back:
             # Superseded while the batch ran: the next reconcile starts the newest release.
             actions.rollout = rollout
             actions.requeue_seconds = 0.0
@@ -240,7 +192,7 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
 
     # 2. Between batches. An app group fails together and goes in order; a release with a
     # migration first waits for its Job.
-    live = rollout.phase not in (FAILED, ROLLED_BACK) and not rollout.rollingBack and rollout.release == spec.release
+    live = rollout.phase not in (FAILED, ROLLED_BACK) and not rollout.rolling_back and rollout.release == spec.release
     if live and spec.group_failure:
         moved = any(serving(p) == rollout.release for p in pods)
         if moved:
@@ -249,19 +201,19 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
         actions.rollout = replace(rollout, phase=FAILED, reason=reason, message=f"{reason}; not started")
         actions.events.append(Event("RolloutFailed", actions.rollout.message, warning=True))
         return actions
-    if live and spec.group_block and rollout.batchNumber == 0:
+    if live and spec.group_block and rollout.batch_number == 0:
         message = f"waiting for {spec.group_block}"
         actions.rollout = replace(rollout, message=message) if rollout.message != message else None
         actions.requeue_seconds = 1.0
         return actions
     if rollout.phase not in (FAILED, ROLLED_BACK) and migration_pending(spec, rollout):
         return _migrate(spec, rollout, migration, actions)
-    if rollout.rollingBack:
+    if rollout.rolling_back:
         back = [p for p in pods if p.ready and serving(p) != rollout.previous]
         if not back:
-            actions.rollout = replace(rollout, phase=ROLLED_BACK, rollingBack=False,
+            actions.rollout = replace(rollout, phase=ROLLED_BACK, rolling_back=False,
                                       message=f"rolled back to {rollout.previous} after "
-                                      + (f"pod {rollout.failedPod} failed: " if rollout.failedPod else "")
+                                      + (f"pod {rollout.failed_pod} failed: " if rollout.failed_pod else "")
                                       + str(rollout.reason))
             actions.events.append(Event("RolledBack", actions.rollout.message, warning=True))
             return actions
@@ -285,7 +237,7 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
                          message=f"paused after {updated} of {len(pods)} pods")
         actions.rollout = paused if paused != rollout else None
         return actions
-    first = updated == 0 and rollout.batchNumber == 0
+    first = updated == 0 and rollout.batch_number == 0
     rollout = replace(rollout, phase=PROGRESSING, updated=updated, total=len(pods))
     return _ask_batch(rollout, pending, batch_size(spec, first), spec.release, actions, now)
 
@@ -311,17 +263,13 @@ def _migrate(spec: Spec, rollout: Rollout, migration: MigrationView | None, acti
     return actions
 
 
-def want_of(rollout: Rollout) -> str:
-    return rollout.previous if rollout.rollingBack else rollout.release  # type: ignore[return-value]
-
-
 def _ask_batch(rollout: Rollout, pending: list[PodState], size: int, release: str, actions: Actions,
                now: float) -> Actions:
     batch = tuple(p.name for p in pending[:size])
-    number = rollout.batchNumber + 1
-    message = (f"rolling back {len(batch)} pods to {release}" if rollout.rollingBack
+    number = rollout.batch_number + 1
+    message = (f"rolling back {len(batch)} pods to {release}" if rollout.rolling_back
                else f"batch {number}: {len(batch)} pods to {release} ({rollout.updated} of {rollout.total} done)")
-    actions.rollout = replace(rollout, batch=batch, batchRelease=release, batchStartedAt=now, batchNumber=number,
+    actions.rollout = replace(rollout, batch=batch, batch_release=release, batch_started_at=now, batch_number=number,
                               message=message)
     actions.ask = dict.fromkeys(batch, release)
     actions.events.append(Event("BatchStarted", f"{message}: {', '.join(batch)}"))
@@ -334,8 +282,8 @@ def _fail(spec: Spec, rollout: Rollout, pods: list[PodState], serving: Any, fail
     pod, reason = failure
     message = f"pod {pod}: {reason}" if pod else reason
     actions.events.append(Event("RolloutFailed", f"release {rollout.release} failed: {message}", warning=True))
-    failed = replace(rollout, phase=FAILED, failedPod=pod or None, reason=reason, batch=(), batchRelease=None,
-                     batchStartedAt=None, message=message)
+    failed = replace(rollout, phase=FAILED, failed_pod=pod or None, reason=reason, batch=(), batch_release=None,
+                     batch_started_at=None, message=message)
     if rollout.previous is not None:
         actions.configmap_release = rollout.previous
     if not spec.auto_rollback or rollout.previous is None:
@@ -347,5 +295,5 @@ def _fail(spec: Spec, rollout: Rollout, pods: list[PodState], serving: Any, fail
         actions.mark.pop(name, None)
     actions.events.append(Event("RollingBack", f"rolling {len(back)} pods back to {rollout.previous}",
                                 warning=True))
-    failed = replace(failed, rollingBack=True)
+    failed = replace(failed, rolling_back=True)
     return _ask_batch(failed, back, len(back), rollout.previous, actions, now)

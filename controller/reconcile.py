@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-import contract as c
-from controller.agents import AgentClient, AgentError, agent_identity
-from controller.kube import Kube
-from controller.migration import job_for, job_state
-from controller.plan import COMPLETE, FAILED, ROLLED_BACK, AgentView, MigrationView, PodState, Rollout, Spec, plan
-from webhook.config import PolicySource
-from webhook.settings import Refusal, opted_in, resolve
+from customer_friendly import contract as c
+from customer_friendly.contract import groups
+from customer_friendly.contract.agent_api import AgentStatus, ReleaseRequest
+from customer_friendly.contract.objects import pod_running, pod_selector
+from customer_friendly.contract.policy_source import PolicySource
+from customer_friendly.contract.rollout import Rollout
+from customer_friendly.contract.settings import Refusal, opted_in, resolve
+from customer_friendly.controller.agents import AgentClient, AgentError, agent_identity
+from customer_friendly.controller.config import ControllerConfig
+from customer_friendly.controller.kube import Kube
+from customer_friendly.controller.migration import job_for, job_state
+from customer_friendly.controller.plan import MigrationView, PodState, Spec, plan
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +41,6 @@ class Context(logging.LoggerAdapter):
         return f"[{extra.get('namespace')}/{extra.get('name')} {extra.get('release')}] {msg}", kwargs
 
 
-@dataclass(frozen=True)
-class Settings:
-    default_agent_port: int = 9443
-    batch_deadline_seconds: float = 300.0
-
-
 def agent_port(pod: dict[str, Any], default: int) -> int:
     spec = pod.get("spec") or {}
     for container in (spec.get("initContainers") or []) + (spec.get("containers") or []):
@@ -51,55 +50,13 @@ def agent_port(pod: dict[str, Any], default: int) -> int:
     return default
 
 
-def agent_options(settings: Any) -> dict[str, Any]:
-    """What a drain or signal restart needs to know, from the Deployment's annotations."""
-    if settings.restart in ("phased", "hot"):
-        return {}
-    options: dict[str, Any] = {"quietSignal": settings.quiet_signal, "drainSeconds": settings.drain_seconds}
-    if settings.process:
-        options["process"] = settings.process
-    return options
-
-
-ROLE_ORDER = {role: i for i, role in enumerate(c.ROLES)}
-
-
-def group_state(me: str, annotations: dict[str, str], peers: list[dict[str, Any]]) -> tuple[str | None, str | None]:
-    """(what this Deployment waits for, which peer failed) in its app group, for its wanted release."""
-    app, release = annotations.get(c.APP), annotations.get(c.RELEASE)
-    if not app:
-        return None, None
-    my_order = ROLE_ORDER[c.role_of(annotations)]
-    waiting, failed = [], None
-    for peer in peers:
-        meta = peer["metadata"]
-        peer_annotations = meta.get("annotations") or {}
-        if meta["name"] == me or peer_annotations.get(c.APP) != app or peer_annotations.get(c.ENABLED) != "true":
-            continue
-        rollout = Rollout.from_annotation(peer_annotations.get(c.ROLLOUT))
-        on_release = rollout is not None and rollout.release == release
-        if on_release and rollout.phase in (FAILED, ROLLED_BACK):  # type: ignore[union-attr]
-            failed = f"{meta['name']} failed: {rollout.reason or rollout.message}"  # type: ignore[union-attr]
-        if ROLE_ORDER[c.role_of(peer_annotations)] < my_order and not (
-                on_release and rollout.phase == COMPLETE and not rollout.batch):  # type: ignore[union-attr]
-            waiting.append(meta["name"])
-    block = f"{', '.join(sorted(waiting))} (app {app}) to complete {release}" if waiting else None
-    return block, failed
-
-
-def pod_ready(pod: dict[str, Any]) -> bool:
-    status = pod.get("status") or {}
-    return bool(status.get("podIP")) and status.get("phase") == "Running" and \
-        not (pod.get("metadata") or {}).get("deletionTimestamp")
-
-
-DEFAULT_SETTINGS = Settings()
+DEFAULT_CONFIG = ControllerConfig()
 
 
 class Reconciler:
     def __init__(self, kube: Kube, agents: AgentClient, policy: PolicySource,
-                 settings: Settings = DEFAULT_SETTINGS) -> None:
-        self.kube, self.agents, self.policy, self.settings = kube, agents, policy, settings
+                 config: ControllerConfig = DEFAULT_CONFIG) -> None:
+        self.kube, self.agents, self.policy, self.config = kube, agents, policy, config
 
     def reconcile(self, namespace: str, name: str) -> float | None:
         deployment = self.kube.deployment(namespace, name)
@@ -119,20 +76,19 @@ class Reconciler:
         spec = Spec(
             release=settings.release, source=settings.source, restart=settings.restart,
             replicas=int(deployment["spec"].get("replicas") or 1), max_unavailable=settings.max_unavailable,
-            canary=settings.canary, paused=settings.paused, auto_rollback=policy.autoRollback,
-            retry=annotations.get(c.RETRY), batch_deadline_seconds=self.settings.batch_deadline_seconds,
+            canary=settings.canary, paused=settings.paused, auto_rollback=policy.auto_rollback,
+            retry=annotations.get(c.RETRY), batch_deadline_seconds=self.config.batch_deadline_seconds,
             migrate=settings.migrate,
         )
         if annotations.get(c.APP):
-            block, failure = group_state(name, annotations, self.kube.deployments(namespace))
-            spec = replace(spec, group_block=block, group_failure=failure)
+            gate = groups.gate(deployment, self.kube.deployments(namespace))
+            spec = replace(spec, group_block=gate.waiting_for, group_failure=gate.failed)
         rollout = Rollout.from_annotation(annotations.get(c.ROLLOUT))
-        selector = (deployment["spec"].get("selector") or {}).get("matchLabels") or {}
-        raw_pods = {p["metadata"]["name"]: p for p in self.kube.pods(namespace, selector)}
+        raw_pods = {p["metadata"]["name"]: p for p in self.kube.pods(namespace, pod_selector(deployment))}
         in_batch = set(rollout.batch) if rollout else set()
         states = []
         for pod_name, pod in sorted(raw_pods.items()):
-            ready = pod_ready(pod)
+            ready = pod_running(pod)
             serving = (pod["metadata"].get("annotations") or {}).get(c.RELEASE)
             view = None
             if ready and (pod_name in in_batch or serving is None):
@@ -162,12 +118,12 @@ class Reconciler:
         if actions.rollout is not None:
             self.kube.annotate_deployment(namespace, name, {c.ROLLOUT: actions.rollout.to_annotation()})
             self._observe_outcome(rollout, actions.rollout)
+        options = settings.restart_options()
         for pod_name, release in actions.ask.items():
             pod = raw_pods[pod_name]
             try:
-                self.agents.release(pod["status"]["podIP"], agent_port(pod, self.settings.default_agent_port),
-                                    release, spec.source, spec.restart, agent_options(settings),
-                                    identity=agent_identity(pod))
+                self.agents.release(pod["status"]["podIP"], agent_port(pod, self.config.default_agent_port),
+                                    ReleaseRequest(release, spec.source, options), identity=agent_identity(pod))
             except AgentError as err:
                 AGENT_ERRORS.inc()
                 log.warning("asking pod %s for %s: %s (will look again)", pod_name, release, err)
@@ -176,9 +132,9 @@ class Reconciler:
             self.kube.event(deployment, event.reason, event.message, event.warning)
         return actions.requeue_seconds
 
-    def _status(self, pod: dict[str, Any], log: logging.LoggerAdapter) -> AgentView | None:
+    def _status(self, pod: dict[str, Any], log: logging.LoggerAdapter) -> AgentStatus | None:
         try:
-            return self.agents.status(pod["status"]["podIP"], agent_port(pod, self.settings.default_agent_port),
+            return self.agents.status(pod["status"]["podIP"], agent_port(pod, self.config.default_agent_port),
                                       identity=agent_identity(pod))
         except AgentError as err:
             AGENT_ERRORS.inc()
@@ -187,8 +143,7 @@ class Reconciler:
 
     @staticmethod
     def _observe_outcome(before: Rollout | None, after: Rollout) -> None:
-        ended = after.phase in (COMPLETE, ROLLED_BACK) or (after.phase == FAILED and not after.rollingBack)
-        if ended and (before is None or before.phase != after.phase or before.release != after.release):
+        if after.settled and (before is None or before.phase != after.phase or before.release != after.release):
             ROLLOUTS.labels(after.phase).inc()
-            if after.startedAt:
-                DURATION.observe(max(0.0, time.time() - after.startedAt))
+            if after.started_at:
+                DURATION.observe(max(0.0, time.time() - after.started_at))

@@ -20,8 +20,10 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-import contract as c
-from kubectl_cfo import view
+from customer_friendly import contract as c
+from customer_friendly.contract import groups
+from customer_friendly.contract.objects import is_opted_in, pod_selector
+from customer_friendly.kubectl_cfo import view
 
 
 class CommandError(RuntimeError):
@@ -85,15 +87,14 @@ class Session:
             if err.status == 404:
                 raise CommandError(f'deployment "{name}" not found in namespace "{self.namespace}"') from err
             raise CommandError(f"cannot read deployment {name}: {err.reason}") from err
-        if view.annotations(deployment).get(c.ENABLED) != "true":
+        if not is_opted_in(deployment):
             raise CommandError(f'deployment "{name}" is not opted in (annotation {c.ENABLED}: "true")')
         return deployment
 
     def pods(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
-        labels = (deployment["spec"].get("selector") or {}).get("matchLabels") or {}
-        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         namespace = deployment["metadata"]["namespace"]
-        return self.serialize(self.core.list_namespaced_pod(namespace, label_selector=selector)).get("items", [])
+        pods = self.core.list_namespaced_pod(namespace, label_selector=pod_selector(deployment))
+        return self.serialize(pods).get("items", [])
 
     def annotate(self, name: str, values: dict[str, str]) -> None:
         try:
@@ -113,22 +114,33 @@ def emit(args: argparse.Namespace, document: Any, text: str) -> None:
         print(text)
 
 
-def wait(session: Session, name: str, release: str, timeout: float) -> int:
-    """Show progress on stderr until the rollout of `release` ends; 0 only for Complete."""
+def wait(session: Session, names: list[str], release: str, timeout: float, app: str | None = None) -> int:
+    """Show progress on stderr until every rollout of `release` among `names` ends: 0 when all are
+    Complete, 1 when any failed or rolled back, 2 on timeout. One Deployment gets a progress bar."""
     started, last = time.monotonic(), ""
     tty = sys.stderr.isatty()
     while time.monotonic() - started < timeout:
-        rollout = view.rollout_of(session.deployment(name))
-        if rollout.get("release") == release:
-            line = view.progress_line(rollout, time.monotonic() - started)
+        rollouts = {name: view.rollout_of(session.deployment(name)) for name in names}
+        mine = {name: r for name, r in rollouts.items() if r is not None and r.release == release}
+        if len(names) == 1 and mine:
+            line = view.progress_line(mine[names[0]], time.monotonic() - started)
             if line.rsplit("  ", 1)[0] != last.rsplit("  ", 1)[0] or tty:
                 print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
                 last = line
-            if rollout.get("phase") in view.FINAL_PHASES and not rollout.get("batch"):
-                if tty:
-                    print(file=sys.stderr)
-                print(f"{rollout['phase']}: {rollout.get('message', '')}", file=sys.stderr)
-                return 0 if rollout["phase"] == "Complete" else 1
+        if mine and all(r.settled for r in mine.values()):
+            failed = {name: r for name, r in mine.items() if not r.succeeded}
+            if tty and len(names) == 1:
+                print(file=sys.stderr)
+            if len(names) == 1 and (only := mine[names[0]]):
+                print(f"{only.phase}: {only.message}", file=sys.stderr)
+                return 1 if failed else 0
+            if failed:
+                for name, rollout in mine.items():
+                    print(f"{name}: {rollout.phase}: {rollout.message}", file=sys.stderr)
+                return 1
+            if len(mine) == len(names):
+                print(f"Complete: app {app} serves {release}", file=sys.stderr)
+                return 0
         time.sleep(0.5)
     print(f"\ntimed out after {timeout:.0f}s waiting for release {release}", file=sys.stderr)
     return 2
@@ -139,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "fleet":
         apps = client.AppsV1Api(session.apps.api_client)
         deployments = [d for d in session.serialize(apps.list_deployment_for_all_namespaces()).get("items", [])
-                       if view.annotations(d).get(c.ENABLED) == "true"]
+                       if is_opted_in(d)]
         pods = {(d["metadata"]["namespace"], d["metadata"]["name"]): session.pods(d) for d in deployments}
         rows = view.fleet_rows(deployments, pods)
         emit(args, rows, view.table(rows, [("NAMESPACE", "namespace"), ("DEPLOYMENT", "deployment"),
@@ -158,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     deployment = session.deployment(name)
     if args.command == "status":
         document = view.status_document(deployment, session.pods(deployment))
-        rollout = document["rollout"]
+        rollout = document["rollout"]  # the annotation's JSON form, as -o json shows it
         summary = (f"release {document['wanted']}: {rollout.get('phase', 'no rollout yet')} "
                    f"({rollout.get('updated', 0)}/{rollout.get('total', 0)} pods) {rollout.get('message', '')}")
         emit(args, document, view.table(document["pods"], [("POD", "pod"), ("IP", "ip"), ("PHASE", "phase"),
@@ -177,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"deployment.apps/{name} {'paused' if args.command == 'pause' else 'resumed'}")
         return 0
     if args.command == "rollback":
-        previous = view.rollout_of(deployment).get("previous")
+        rollout = view.rollout_of(deployment)
+        previous = rollout.previous if rollout else None
         if not previous:
             raise CommandError(f"deployment {name} has no previous release to roll back to")
         target = previous
@@ -187,16 +200,15 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"invalid release id {target!r}: it must match {c.RELEASE_ID_PATTERN}")
     session.annotate(name, {c.RELEASE: target})
     print(f"deployment.apps/{name} release {target}")
-    return wait(session, name, target, args.timeout) if args.wait else 0
+    return wait(session, [name], target, args.timeout) if args.wait else 0
 
 
 def app_members(session: Session, app: str) -> list[dict[str, Any]]:
     items = session.serialize(session.apps.list_namespaced_deployment(session.namespace)).get("items", [])
-    members = [d for d in items if view.annotations(d).get(c.APP) == app
-               and view.annotations(d).get(c.ENABLED) == "true"]
-    if not members:
+    group = groups.members(items, app)
+    if not group:
         raise CommandError(f'no opted-in Deployment of app "{app}" in namespace "{session.namespace}"')
-    return sorted(members, key=lambda d: (c.ROLES.index(c.role_of(view.annotations(d))), d["metadata"]["name"]))
+    return group
 
 
 def run_app(args: argparse.Namespace, session: Session) -> int:
@@ -218,23 +230,7 @@ def run_app(args: argparse.Namespace, session: Session) -> int:
         print(f"deployment.apps/{deployment['metadata']['name']} release {release}")
     if not args.wait:
         return 0
-    started = time.monotonic()
-    while time.monotonic() - started < args.timeout:
-        phases = {d["metadata"]["name"]: view.rollout_of(session.deployment(d["metadata"]["name"]))
-                  for d in members}
-        mine = {n: r for n, r in phases.items() if r.get("release") == release}
-        failed = [n for n, r in mine.items() if r.get("phase") in ("Failed", "RolledBack") and not r.get("batch")]
-        if failed and all(r.get("phase") in view.FINAL_PHASES and not r.get("batch") for r in mine.values()):
-            for n, r in mine.items():
-                print(f"{n}: {r.get('phase')}: {r.get('message', '')}", file=sys.stderr)
-            return 1
-        if len(mine) == len(members) and all(r.get("phase") == "Complete" and not r.get("batch")
-                                             for r in mine.values()):
-            print(f"Complete: app {args.app} serves {release}", file=sys.stderr)
-            return 0
-        time.sleep(0.5)
-    print(f"timed out after {args.timeout:.0f}s", file=sys.stderr)
-    return 2
+    return wait(session, [d["metadata"]["name"] for d in members], release, args.timeout, app=args.app)
 
 
 def main(argv: list[str] | None = None) -> int:

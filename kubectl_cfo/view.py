@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
-import contract as c
-
-Obj = dict[str, Any]
-FINAL_PHASES = ("Complete", "Failed", "RolledBack")
-
-
-def annotations(obj: Obj) -> dict[str, str]:
-    return (obj.get("metadata") or {}).get("annotations") or {}
+from customer_friendly import contract as c
+from customer_friendly.contract.groups import role_of
+from customer_friendly.contract.objects import Obj, annotations
+from customer_friendly.contract.rollout import Rollout
 
 
-def rollout_of(deployment: Obj) -> Obj:
-    try:
-        value = json.loads(annotations(deployment).get(c.ROLLOUT) or "{}")
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
+def rollout_of(deployment: Mapping[str, Any]) -> Rollout | None:
+    return Rollout.from_annotation(annotations(deployment).get(c.ROLLOUT))
 
 
 def pod_rows(pods: list[Obj]) -> list[Obj]:
@@ -39,7 +31,7 @@ def pod_rows(pods: list[Obj]) -> list[Obj]:
 def status_document(deployment: Obj, pods: list[Obj]) -> Obj:
     meta = deployment["metadata"]
     return {"namespace": meta["namespace"], "deployment": meta["name"],
-            "wanted": annotations(deployment).get(c.RELEASE), "rollout": rollout_of(deployment),
+            "wanted": annotations(deployment).get(c.RELEASE), "rollout": _wire(rollout_of(deployment)),
             "pods": pod_rows(pods)}
 
 
@@ -51,16 +43,16 @@ def fleet_rows(deployments: list[Obj], pods_by_deployment: dict[tuple[str, str],
         running = Counter(annotations(p).get(c.RELEASE) or "unknown" for p in pods)
         rollout = rollout_of(deployment)
         rows.append({"namespace": meta["namespace"], "deployment": meta["name"],
-                     "wanted": annotations(deployment).get(c.RELEASE) or "", "phase": rollout.get("phase", ""),
+                     "wanted": annotations(deployment).get(c.RELEASE) or "", "phase": rollout.phase if rollout else "",
                      "pods": len(pods), "running": dict(sorted(running.items()))})
     return rows
 
 
-def group_rows(members: list[Obj], pods_by_deployment: dict[tuple[str, str], list[Obj]]) -> list[Obj]:
+def group_rows(members: list[Mapping[str, Any]], pods_by_deployment: dict[tuple[str, str], list[Obj]]) -> list[Obj]:
     """An app group's rows with each Deployment's role, in the order given (the group's order:
     web, worker, cron); fleet_rows sorts by name, so rows are matched to members by name."""
     by_name = {(r["namespace"], r["deployment"]): r for r in fleet_rows(members, pods_by_deployment)}
-    return [{**by_name[(d["metadata"]["namespace"], d["metadata"]["name"])], "role": c.role_of(annotations(d))}
+    return [{**by_name[(d["metadata"]["namespace"], d["metadata"]["name"])], "role": role_of(annotations(d))}
             for d in members]
 
 
@@ -89,11 +81,14 @@ def table(rows: list[Obj], columns: list[tuple[str, str]]) -> str:
     return "\n".join("   ".join(value.ljust(widths[i]) for i, value in enumerate(line)).rstrip() for line in cells)
 
 
-def progress_line(rollout: Obj, elapsed: float, width: int = 24) -> str:
-    total, updated = int(rollout.get("total") or 0), int(rollout.get("updated") or 0)
-    filled = int(width * updated / total) if total else 0
+def _wire(rollout: Rollout | None) -> Obj:
+    """The rollout as `-o json|yaml` shows it: the annotation's own JSON form."""
+    return rollout.to_wire() if rollout else {}
+
+
+def progress_line(rollout: Rollout, elapsed: float, width: int = 24) -> str:
+    filled = int(width * rollout.updated / rollout.total) if rollout.total else 0
     bar = "#" * filled + "-" * (width - filled)
-    batch = rollout.get("batch") or []
-    return (f"[{bar}] {updated}/{total} pods on {rollout.get('release')}  {rollout.get('phase', '')}"
-            f"  batch {rollout.get('batchNumber', 0)}{f' ({len(batch)} pods)' if batch else ''}"
-            f"  {elapsed:.0f}s")
+    batch = f" ({len(rollout.batch)} pods)" if rollout.batch else ""
+    return (f"[{bar}] {rollout.updated}/{rollout.total} pods on {rollout.release}  {rollout.phase}"
+            f"  batch {rollout.batch_number}{batch}  {elapsed:.0f}s")

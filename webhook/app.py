@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
-from webhook.config import PolicySource, WebhookConfig
-from webhook.review import BadReview, answer
+from customer_friendly.contract.policy_source import PolicySource
+from customer_friendly.webhook.config import WebhookConfig
+from customer_friendly.webhook.review import BadReview, answer
 
 logger = logging.getLogger(__name__)
 

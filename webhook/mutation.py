@@ -22,9 +22,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import contract as c
-from webhook.policy import Policy
-from webhook.settings import Refusal, Settings, check_source, show, show_names
+from customer_friendly import contract as c
+from customer_friendly.contract.agent_api import AgentEnv
+from customer_friendly.contract.policy import Policy
+from customer_friendly.contract.settings import Refusal, ReleaseSettings, check_source, show, show_names
 
 Obj = dict[str, Any]
 
@@ -135,7 +136,7 @@ def _sleep_seconds(pre_stop: object, container: str) -> int | None:
 
 
 def _pre_stop_hook(seconds: int, policy: Policy) -> Obj:
-    if policy.preStopSleepAction:
+    if policy.pre_stop_sleep_action:
         return {"sleep": {"seconds": seconds}}
     return {"exec": {"command": ["sleep", str(seconds)]}}
 
@@ -155,7 +156,7 @@ def _env_value(container: Obj | None, name: str) -> object:
     return None
 
 
-def _pinned_fallback(previous_fetch: Obj | None, settings: Settings,
+def _pinned_fallback(previous_fetch: Obj | None, settings: ReleaseSettings,
                      policy: Policy) -> tuple[str, str, str | None]:
     """(release, source, warning or None): the fallback pinned by our earlier cfo-fetch, re-validated.
 
@@ -163,8 +164,8 @@ def _pinned_fallback(previous_fetch: Obj | None, settings: Settings,
     rule or the policy's source rules refuse (forged, or pinned before the policy tightened) is
     re-pinned from the annotations, which `resolve` has just validated.
     """
-    release = _env_value(previous_fetch, "CFO_RELEASE_DEFAULT")
-    source = _env_value(previous_fetch, "CFO_SOURCE_DEFAULT")
+    release = _env_value(previous_fetch, AgentEnv.RELEASE_DEFAULT)
+    source = _env_value(previous_fetch, AgentEnv.SOURCE_DEFAULT)
     if release is None and source is None:
         return settings.release, settings.source, None
     release = settings.release if release is None else release
@@ -176,14 +177,14 @@ def _pinned_fallback(previous_fetch: Obj | None, settings: Settings,
         problem = f"its source {show(source)} is not a string"
     else:
         try:
-            check_source(source, policy, annotation="CFO_SOURCE_DEFAULT")
+            check_source(source, policy, annotation=AgentEnv.SOURCE_DEFAULT)
         except Refusal as refusal:
             problem = str(refusal)
     if problem is None:
         return release, source, None
     return settings.release, settings.source, (
-        f"the fallback release pinned in init container {c.FETCH_CONTAINER} (CFO_RELEASE_DEFAULT, "
-        f"CFO_SOURCE_DEFAULT) is not used: {problem}; it is pinned again from annotations {c.RELEASE} and "
+        f"the fallback release pinned in init container {c.FETCH_CONTAINER} ({AgentEnv.RELEASE_DEFAULT}, "
+        f"{AgentEnv.SOURCE_DEFAULT}) is not used: {problem}; it is pinned again from annotations {c.RELEASE} and "
         f"{c.SOURCE}, which changes the pod template and so replaces the pods")
 
 
@@ -245,9 +246,9 @@ def check_template(deployment: Obj) -> list[str]:
     return [ct["name"] for ct in containers if ct["name"] not in reserved]
 
 
-def code_volume(settings: Settings, policy: Policy) -> Obj:
+def code_volume(settings: ReleaseSettings, policy: Policy) -> Obj:
     if settings.volume == "emptyDir":
-        return {"name": c.CODE_VOLUME, "emptyDir": {"sizeLimit": policy.emptyDirSizeLimit}}
+        return {"name": c.CODE_VOLUME, "emptyDir": {"sizeLimit": policy.empty_dir_size_limit}}
     return {
         "name": c.CODE_VOLUME,
         "ephemeral": {
@@ -257,14 +258,14 @@ def code_volume(settings: Settings, policy: Policy) -> Obj:
                     # One EFS access point per pod: the claim lives and dies with the pod.
                     "accessModes": ["ReadWriteOnce"],
                     "storageClassName": settings.storage_class,
-                    "resources": {"requests": {"storage": policy.volumeSize}},
+                    "resources": {"requests": {"storage": policy.volume_size}},
                 },
             }
         },
     }
 
 
-def agent_env(deployment_name: str, settings: Settings, policy: Policy,
+def agent_env(deployment_name: str, settings: ReleaseSettings, policy: Policy,
               fallback_release: str, fallback_source: str, app_container: str) -> list[Obj]:
     """The agent's configuration; names match `cfo-agent --help`."""
     cm = c.release_configmap_name(deployment_name)
@@ -273,20 +274,20 @@ def agent_env(deployment_name: str, settings: Settings, policy: Policy,
         return {"configMapKeyRef": {"name": cm, "key": key, "optional": True}}
 
     env: list[Obj] = [
-        {"name": "CFO_RELEASE", "valueFrom": from_cm(c.RELEASE_CONFIGMAP_KEY)},
-        {"name": "CFO_RELEASE_DEFAULT", "value": fallback_release},
-        {"name": "CFO_SOURCE", "valueFrom": from_cm("source")},
-        {"name": "CFO_SOURCE_DEFAULT", "value": fallback_source},
-        {"name": "CFO_CODE_PATH", "value": settings.code_path},
-        {"name": "CFO_APP_CONTAINER", "value": app_container},
-        {"name": "CFO_KEEP_RELEASES", "value": str(policy.keepReleases)},
-        {"name": "CFO_REQUIRE_SHA256", "value": "true" if policy.requireSha256 else "false"},
-        {"name": "CFO_AGENT_PORT", "value": str(policy.agentPort)},
-        {"name": "CFO_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "CFO_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": AgentEnv.RELEASE, "valueFrom": from_cm(c.RELEASE_CONFIGMAP_KEY)},
+        {"name": AgentEnv.RELEASE_DEFAULT, "value": fallback_release},
+        {"name": AgentEnv.SOURCE, "valueFrom": from_cm("source")},
+        {"name": AgentEnv.SOURCE_DEFAULT, "value": fallback_source},
+        {"name": AgentEnv.CODE_PATH, "value": settings.code_path},
+        {"name": AgentEnv.APP_CONTAINER, "value": app_container},
+        {"name": AgentEnv.KEEP_RELEASES, "value": str(policy.keep_releases)},
+        {"name": AgentEnv.REQUIRE_SHA256, "value": "true" if policy.require_sha256 else "false"},
+        {"name": AgentEnv.AGENT_PORT, "value": str(policy.agent_port)},
+        {"name": AgentEnv.POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": AgentEnv.POD_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
-    if policy.agentClientCA:
-        env.append({"name": "CFO_CLIENT_CA", "value": policy.agentClientCA})
+    if policy.agent_client_ca:
+        env.append({"name": AgentEnv.CLIENT_CA, "value": policy.agent_client_ca})
     return env
 
 
@@ -341,20 +342,20 @@ def _agent_container(name: str, mode: str, env: list[Obj], mounts: list[Obj], po
                      security_context: Obj) -> Obj:
     container: Obj = {
         "name": name,
-        "image": policy.agentImage,
-        "imagePullPolicy": policy.agentImagePullPolicy,
+        "image": policy.agent_image,
+        "imagePullPolicy": policy.agent_image_pull_policy,
         "args": [mode],
         "env": copy.deepcopy(env),
         "volumeMounts": copy.deepcopy(mounts),
         "resources": {
-            "requests": {"cpu": policy.agentCpuRequest, "memory": policy.agentMemoryRequest},
-            "limits": {"memory": policy.agentMemoryLimit},
+            "requests": {"cpu": policy.agent_cpu_request, "memory": policy.agent_memory_request},
+            "limits": {"memory": policy.agent_memory_limit},
         },
         "securityContext": copy.deepcopy(security_context),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if mode == "serve":
-        container["ports"] = [{"name": c.AGENT_PORT_NAME, "containerPort": policy.agentPort,
+        container["ports"] = [{"name": c.AGENT_PORT_NAME, "containerPort": policy.agent_port,
                                "protocol": "TCP"}]
         container["readinessProbe"] = {
             "httpGet": {"path": "/healthz", "port": c.AGENT_PORT_NAME, "scheme": "HTTPS"},
@@ -363,7 +364,7 @@ def _agent_container(name: str, mode: str, env: list[Obj], mounts: list[Obj], po
     return container
 
 
-def _mount_code(app: Obj, settings: Settings) -> Obj:
+def _mount_code(app: Obj, settings: ReleaseSettings) -> Obj:
     mounts = [m for m in app.get("volumeMounts") or [] if m.get("name") != c.CODE_VOLUME]
     for mount in mounts:
         if mount.get("mountPath") == settings.code_path:
@@ -385,7 +386,7 @@ def _policy_volumes(volumes: list[Obj], policy: Policy,
     the very same volume and refused otherwise: we must not mount the user's data into the
     agent, nor drop it from their pod.
     """
-    wanted = policy.agent_volumes()
+    wanted = policy.agent_volume_list()
     wanted_names = {volume["name"] for volume in wanted}
     out = [v for v in volumes if v.get("name") not in ours_before or v.get("name") in wanted_names]
     ours: list[str] = []
@@ -419,7 +420,7 @@ def _check_policy_mounts(mounts: list[Obj], code_path: str) -> None:
             )
 
 
-def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, list[str]]:
+def mutate(deployment: Obj, settings: ReleaseSettings, policy: Policy) -> tuple[Obj, list[str]]:
     """Return a prepared copy of an opted-in Deployment and the warnings for the user.
 
     Only what it changes is copied (the path down to the pod spec, its lists, and the app
@@ -447,7 +448,7 @@ def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, li
     pod["shareProcessNamespace"] = True
     volumes = _replace_or_append(pod.get("volumes") or [], code_volume(settings, policy))
     pod["volumes"], policy_volumes = _policy_volumes(volumes, policy, injected.volumes)
-    policy_mounts = policy.agent_volume_mounts()
+    policy_mounts = policy.agent_volume_mount_list()
     _check_policy_mounts(policy_mounts, settings.code_path)
 
     containers = [ct for ct in pod.get("containers") or [] if ct.get("name") != c.AGENT_CONTAINER]
@@ -480,7 +481,7 @@ def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, li
     if not lifecycle:
         app.pop("lifecycle")
 
-    wanted_grace = effective_pre_stop + settings.max_request_seconds + policy.graceMarginSeconds
+    wanted_grace = effective_pre_stop + settings.max_request_seconds + policy.grace_margin_seconds
     current_grace = pod.get("terminationGracePeriodSeconds")
     if current_grace is not None:
         current_grace = whole_seconds(current_grace, "spec.template.spec.terminationGracePeriodSeconds")
@@ -495,14 +496,14 @@ def mutate(deployment: Obj, settings: Settings, policy: Policy) -> tuple[Obj, li
     if fallback_warning:
         warnings.append(fallback_warning)
     # The policy's variables come after ours, which they may not name (CFO_*).
-    env = agent_env(name, settings, policy, fallback_release, fallback_source, app["name"]) + policy.agent_env()
+    env = agent_env(name, settings, policy, fallback_release, fallback_source, app["name"]) + policy.agent_env_list()
     mounts = [{"name": c.CODE_VOLUME, "mountPath": settings.code_path}, *policy_mounts]
     fetch = _agent_container(c.FETCH_CONTAINER, "fetch", env, mounts, policy, fetch_context)
     agent = _agent_container(c.AGENT_CONTAINER, "serve", env, mounts, policy, agent_context)
 
     user_inits = [ct for ct in pod.get("initContainers") or []
                   if ct.get("name") not in (c.FETCH_CONTAINER, c.AGENT_CONTAINER)]
-    if policy.nativeSidecars:
+    if policy.native_sidecars:
         agent["restartPolicy"] = "Always"
         # Ours first: the user's init containers (asset builds, checks) may need the code.
         pod["initContainers"] = [fetch, agent, *user_inits]

@@ -17,9 +17,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook import mutation
-from webhook.policy import Policy
-from webhook.settings import Refusal, opted_in, resolve, unknown_annotation_warnings
+from customer_friendly.contract.policy import Policy
+from customer_friendly.contract.settings import Refusal, opted_in, resolve, unknown_annotation_warnings
+from customer_friendly.webhook import mutation
 
 logger = logging.getLogger(__name__)
 

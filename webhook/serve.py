@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     tls = ReloadingTLS(args.cert, args.key)
     tls.context()  # fail now, not at the first connection, if the pair is unusable
 
-    from webhook.app import create_app
-    from webhook.config import WebhookConfig
+    from customer_friendly.webhook.app import create_app
+    from customer_friendly.webhook.config import WebhookConfig
 
     def factory() -> Any:
         return create_app(WebhookConfig.from_env())

@@ -1,6 +1,6 @@
 """Session fixtures: a real control plane and the real webhook, shared by integration tests.
 
-Nothing here skips. If the binaries are missing they are built (tests/k8s/build.sh); if
+Nothing here skips. If the binaries are missing they are built (testbed/k8s/build.sh); if
 that fails, the session fails with the build's error.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness.controlplane import ControlPlane
-from tests.harness.webhook import WebhookServer, register
+from testbed.controlplane import ControlPlane
+from testbed.webhook import WebhookServer, register
 
 pytestmark = pytest.mark.integration
 

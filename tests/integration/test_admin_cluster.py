@@ -14,8 +14,8 @@ import boto3
 import pytest
 import yaml
 
-from tests.harness.controlplane import ROOT, ControlPlane
-from tests.harness.puma_app import MotoS3
+from testbed.controlplane import ROOT, ControlPlane
+from testbed.puma_app import MotoS3
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,8 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 
 
 def admin(plane: ControlPlane, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "admin", *args, "--kubectl", str(plane.kubectl_path)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "customer_friendly.admin", *args, "--kubectl",
+                           str(plane.kubectl_path)], cwd=ROOT,
                           env={**plane.env(), **(env or {})}, capture_output=True, text=True, timeout=300,
                           check=False)
 

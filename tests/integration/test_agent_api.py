@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from certs.pki import LeafSpec, Usage, create_ca, issue
-from controller.agents import AgentClient, AgentError
-from tests.harness.puma_app import AgentProcess
-from tests.harness.webhook import ensure_certs
+from customer_friendly.certs.pki import LeafSpec, Usage, create_ca, issue
+from customer_friendly.controller.agents import AgentClient, AgentError
+from testbed.puma_app import AgentProcess
+from testbed.webhook import ensure_certs
 from tests.unit.test_agent_server import closed_by_peer
 
 pytestmark = pytest.mark.integration
@@ -85,7 +85,7 @@ def test_only_the_controller_is_answered(agent: AgentProcess, certs: Path, name:
 def test_a_leaf_without_usages_is_refused(agent: AgentProcess, certs: Path, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
-    from certs.pki import KeyPair
+    from customer_friendly.certs.pki import KeyPair
     from tests.unit.test_agent_server import without_eku
 
     ca = KeyPair.from_pem((certs / "ca.crt").read_bytes(), (certs / "ca.key").read_bytes())
@@ -151,6 +151,7 @@ def test_the_controller_refuses_an_agent_whose_certificate_changed(certs: Path, 
 
 
 def test_the_agent_command_documents_its_limits() -> None:
-    text = subprocess.run([sys.executable, "-m", "agent", "serve", "--help"], capture_output=True, text=True).stdout
+    text = subprocess.run([sys.executable, "-m", "customer_friendly.agent", "serve", "--help"], capture_output=True,
+                           text=True).stdout
     for flag in ("--client-name", "--max-connections", "--idle-seconds", "--handshake-seconds"):
         assert flag in text

@@ -20,10 +20,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.harness.controlplane import ROOT
-from tests.harness.load import Load
-from tests.harness.puma_app import AgentClient, AgentProcess, MotoS3, Puma, publish, release_archive
-from tests.harness.webhook import ensure_certs
+from testbed.controlplane import ROOT
+from testbed.load import Load
+from testbed.puma_app import AgentClient, AgentProcess, MotoS3, Puma, publish, release_archive
+from testbed.webhook import ensure_certs
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,8 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
 
 def init_fetch(code: Path, release: str, source: str, env: dict[str, str]) -> None:
     """The init container: `cfo-agent fetch` with the env the webhook injects."""
-    subprocess.run([sys.executable, "-m", "agent", "fetch"], cwd=ROOT, check=True, capture_output=True,
+    subprocess.run([sys.executable, "-m", "customer_friendly.agent", "fetch"], cwd=ROOT, check=True,
+                    capture_output=True,
                    env={**os.environ, **env, "CFO_CODE_PATH": str(code), "CFO_RELEASE_DEFAULT": release,
                         "CFO_SOURCE_DEFAULT": source})
 

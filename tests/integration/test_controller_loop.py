@@ -11,8 +11,8 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from controller.loop import Lease, watch_deployments
-from tests.harness.controlplane import ControlPlane
+from customer_friendly.controller.loop import Lease, watch_deployments
+from testbed.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
 

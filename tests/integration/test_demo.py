@@ -12,14 +12,14 @@ import sys
 
 import pytest
 
-from tests.harness.controlplane import ROOT
+from testbed.controlplane import ROOT
 
 pytestmark = pytest.mark.node
 
 
 def test_the_demo_releases_under_load_with_no_failed_request_and_rolls_back_a_broken_release() -> None:
     env = {**os.environ, "CFO_NODE_WAIT": os.environ.get("CFO_NODE_WAIT", "1800")}  # one real node at a time
-    result = subprocess.run([sys.executable, "-m", "tests.harness.demo"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    result = subprocess.run([sys.executable, "-m", "testbed.demo"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=1200, check=False)
     print(result.stdout[-4000:])
     assert result.returncode == 0, result.stdout[-6000:]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from tests.harness.controlplane import ROOT, ControlPlane
+from testbed.controlplane import ROOT, ControlPlane
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def test_no_role_grants_pods_exec_or_secrets(cluster: ControlPlane) -> None:
 
 
 def cfo_certs(cluster: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "certs", *args], cwd=ROOT, env=cluster.env(),
+    return subprocess.run([sys.executable, "-m", "customer_friendly.certs", *args], cwd=ROOT, env=cluster.env(),
                           capture_output=True, text=True, check=True)
 
 

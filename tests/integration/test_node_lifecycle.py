@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.controlplane import ROOT
-from tests.harness.node import BRIDGE, SYSCTLS, mounts_under
+from testbed.controlplane import ROOT
+from testbed.node import BRIDGE, SYSCTLS, mounts_under
 
 pytestmark = pytest.mark.node
 
@@ -39,7 +39,7 @@ def host_state(workdir: Path) -> dict[str, object]:
 
 def start(mode: str, workdir: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "CFO_NODE_WAIT": os.environ.get("CFO_NODE_WAIT", "1800")}
-    return subprocess.Popen([sys.executable, "-m", "tests.harness.node", mode, str(workdir)], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "testbed.node", mode, str(workdir)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

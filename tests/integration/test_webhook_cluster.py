@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from tests.harness.controlplane import ROOT, ControlPlane
-from tests.harness.webhook import WebhookServer
+from testbed.controlplane import ROOT, ControlPlane
+from testbed.webhook import WebhookServer
 from tests.integration.conftest import Kube
 
 pytestmark = pytest.mark.integration
@@ -210,7 +210,8 @@ def _served_serial(server: WebhookServer) -> int:
 
 def test_the_webhook_reloads_a_rotated_certificate(webhook: WebhookServer) -> None:
     before = _served_serial(webhook)
-    subprocess.run([sys.executable, "-m", "certs", "ensure", "--out", str(webhook.cert_dir), "--ip", "127.0.0.1",
+    subprocess.run([sys.executable, "-m", "customer_friendly.certs", "ensure", "--out", str(webhook.cert_dir), "--ip",
+                    "127.0.0.1",
                     "--dns", "localhost", "--renew-before-days", "400"], check=True, cwd=ROOT, capture_output=True)
     on_disk = x509.load_pem_x509_certificate((webhook.cert_dir / "webhook.crt").read_bytes()).serial_number
     assert on_disk != before

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness.node import Node, running_node
-from tests.harness.node_app import Product, Sources, WebApp, node_release
+from testbed.node import Node, running_node
+from testbed.node_app import Product, Sources, WebApp, node_release
 
 pytestmark = pytest.mark.node
 

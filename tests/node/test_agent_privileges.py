@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-import contract as c
-from tests.harness import images
-from tests.harness.load import Load
-from tests.harness.node_app import WebApp
+from customer_friendly import contract as c
+from testbed import images
+from testbed.load import Load
+from testbed.node_app import WebApp
 
 pytestmark = pytest.mark.node
 

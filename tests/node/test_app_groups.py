@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-import contract as c
-from tests.harness.load import Load
-from tests.harness.node_app import WebApp, release_tarball, web_files
-from tests.harness.worker_app import worker_files
+from customer_friendly import contract as c
+from testbed.load import Load
+from testbed.node_app import WebApp, release_tarball, web_files
+from testbed.worker_app import worker_files
 
 pytestmark = pytest.mark.node
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-import contract as c
-from tests.harness.load import Load
-from tests.harness.node_app import INSTALL_NAMESPACE, WebApp, kill_container
+from customer_friendly import contract as c
+from testbed.load import Load
+from testbed.node_app import INSTALL_NAMESPACE, WebApp, kill_container
 
 pytestmark = pytest.mark.node
 

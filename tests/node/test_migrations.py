@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-import contract as c
-from tests.harness.node_app import WebApp, release_tarball, web_files
+from customer_friendly import contract as c
+from testbed.node_app import WebApp, release_tarball, web_files
 
 pytestmark = pytest.mark.node
 

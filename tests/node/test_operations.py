@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-import contract as c
-from tests.harness.load import Load
-from tests.harness.node_app import INSTALL_NAMESPACE, WebApp
+from customer_friendly import contract as c
+from testbed.load import Load
+from testbed.node_app import INSTALL_NAMESPACE, WebApp
 
 pytestmark = pytest.mark.node
 

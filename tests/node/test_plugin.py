@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-import contract as c
-from tests.harness.node_app import WebApp
+from customer_friendly import contract as c
+from testbed.node_app import WebApp
 
 pytestmark = pytest.mark.node
 

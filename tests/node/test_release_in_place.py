@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-import contract as c
-from tests.harness.load import Load
-from tests.harness.node import STORAGE_CLASS
-from tests.harness.node_app import Peaks, WebApp
+from customer_friendly import contract as c
+from testbed.load import Load
+from testbed.node import STORAGE_CLASS
+from testbed.node_app import Peaks, WebApp
 
 pytestmark = pytest.mark.node
 

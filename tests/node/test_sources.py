@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness.node_app import WebApp
+from testbed.node_app import WebApp
 
 pytestmark = pytest.mark.node
 

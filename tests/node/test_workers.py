@@ -1,5 +1,5 @@
 """Workers on the real node: a Deployment whose container runs a real Ruby worker (it honours
-TSTP and TERM as Sidekiq does, tests/harness/worker_app.py) as its main process, released with
+TSTP and TERM as Sidekiq does, testbed/worker_app.py) as its main process, released with
 `restart: drain`. The agent quiets it, waits until its title says it is idle, sends TERM, and
 the kubelet restarts the container in place: restartCount goes up by one, the pod's UID, IP and
 volume stay, every job is done exactly once, and the worker comes back on the new code.
@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-import contract as c
-from tests.harness.node_app import WebApp, release_tarball
-from tests.harness.worker_app import worker_files
+from customer_friendly import contract as c
+from testbed.node_app import WebApp, release_tarball
+from testbed.worker_app import worker_files
 
 pytestmark = pytest.mark.node
 

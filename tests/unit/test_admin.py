@@ -6,16 +6,23 @@ import base64
 
 import pytest
 
-from admin.install import fill_in, order
-from admin.preflight import efs_checks, parse_version, render, source_buckets, storage_class_checks, version_checks
-from webhook.policy import Policy
+from customer_friendly.admin.install import fill_in, order
+from customer_friendly.admin.preflight import (
+    efs_checks,
+    parse_version,
+    render,
+    source_buckets,
+    storage_class_checks,
+    version_checks,
+)
+from customer_friendly.contract.policy import Policy
 
 
 @pytest.mark.parametrize(("version", "policy", "ok"), [
     ("v1.35.4", Policy(), [True, True]),
     ("v1.29.0-eks-abc", Policy(), [True, False]),
     ("v1.28.9", Policy(), [False, False]),
-    ("v1.28.9", Policy(nativeSidecars=False, preStopSleepAction=False), [True, True]),
+    ("v1.28.9", Policy(native_sidecars=False, pre_stop_sleep_action=False), [True, True]),
 ])
 def test_version_checks_tell_which_fallbacks_the_policy_needs(version: str, policy: Policy, ok: list[bool]) -> None:
     assert [c.ok for c in version_checks(version, policy)] == ok

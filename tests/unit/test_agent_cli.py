@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.archive import Limits
-from agent.config import AgentConfig
-from agent.operation import Agent
-from tests.harness.puma_app import publish, release_archive
+from customer_friendly.agent.archive import Limits
+from customer_friendly.agent.config import AgentConfig
+from customer_friendly.agent.operation import Agent
+from testbed.product_copy import copy_product
+from testbed.puma_app import publish, release_archive
 from tests.unit.test_archive import _python_without_filters
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,10 +30,12 @@ def symlink(name: str, target: str) -> tarfile.TarInfo:
     return info
 
 
-def fetch(code: Path, release: str, artifacts: Path, python: str = sys.executable,
+def fetch(code: Path, release: str, artifacts: Path, python: str = sys.executable, cwd: Path = ROOT,
           **env: str) -> subprocess.CompletedProcess[str]:
+    """`cfo-agent fetch`; an interpreter other than the venv's runs from a copy of the product (`cwd`)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CFO_")}
-    return subprocess.run([python, "-m", "agent.cli", "fetch"], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([python, "-m", "customer_friendly.agent.cli", "fetch"], cwd=cwd, capture_output=True,
+                          text=True,
                           timeout=60, env={**clean, "CFO_CODE_PATH": str(code), "CFO_RELEASE": release,
                                            "CFO_SOURCE": f"file://{artifacts}/{{release}}.tar.gz", **env})
 
@@ -81,7 +84,7 @@ def test_fetch_honours_the_archive_size_limit_the_sidecar_honours(tmp_path: Path
 
 
 def test_one_setting_gives_the_same_limits_to_fetch_and_serve() -> None:
-    config = AgentConfig.resolve(env={"CFO_MAX_ARCHIVE_BYTES": "12345"})
+    config = AgentConfig.from_env(env={"CFO_MAX_ARCHIVE_BYTES": "12345"})
     assert config.limits == Limits(max_bytes=12345)
     assert Agent(config).limits == config.limits
 
@@ -102,8 +105,9 @@ def test_fetch_runs_on_a_python_311_without_tarfile_filters(tmp_path: Path, arti
     python = _python_without_filters()
     if python is None:
         pytest.fail("no Python 3.11 without tarfile.data_filter here: make test installs Debian's python3 (3.11.2)")
-    done = fetch(tmp_path / "code", "v1", artifacts, python=python)
+    product = copy_product(tmp_path / "product")
+    done = fetch(tmp_path / "code", "v1", artifacts, python=python, cwd=product)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "code" / "current" / "config.ru").read_text().startswith('RELEASE = "v1"')
-    refused = fetch(tmp_path / "code", "chain", artifacts, python=python)
+    refused = fetch(tmp_path / "code", "chain", artifacts, python=python, cwd=product)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "points outside" in refused.stderr

@@ -19,32 +19,42 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
-from agent.operation import DONE, FAILED, IDLE, RESTARTING, Agent, Request, Status, settled
-from agent.puma import parse_status_uids, signal_refused_message
-from agent.release import Layout, install, links, switch
-from tests.harness.puma_app import publish, release_archive
+from customer_friendly.agent.config import AgentConfig
+from customer_friendly.agent.operation import Agent, settled
+from customer_friendly.agent.puma import parse_status_uids, signal_refused_message
+from customer_friendly.agent.release import Layout, install, links, switch
+from customer_friendly.contract.agent_api import (
+    DONE,
+    FAILED,
+    IDLE,
+    RESTARTING,
+    AgentStatus,
+    ReleaseRequest,
+    RestartOptions,
+)
+from testbed.product_copy import copy_product
+from testbed.puma_app import publish, release_archive
 
 ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 
 
 @pytest.mark.parametrize(("status", "current", "release", "no_op"), [
-    (Status(IDLE), "v1", "v1", True),  # a new pod, already on the release asked for
-    (Status(DONE, target="v2"), "v2", "v2", True),
-    (Status(DONE, target="v2"), "v2", "v3", False),
-    (Status(RESTARTING, target="v2"), "v1", "v1", False),
+    (AgentStatus(IDLE), "v1", "v1", True),  # a new pod, already on the release asked for
+    (AgentStatus(DONE, target="v2"), "v2", "v2", True),
+    (AgentStatus(DONE, target="v2"), "v2", "v3", False),
+    (AgentStatus(RESTARTING, target="v2"), "v1", "v1", False),
     # a failure that put everything back: the controller's rollback to v1 restarts nothing
-    (Status(FAILED, target="v2", reverted=True, puma_restored=True), "v1", "v1", True),
-    (Status(FAILED, target="v2", reverted=True, puma_restored=None), "v1", "v1", True),  # never signalled
-    (Status(FAILED, target="v2"), "v1", "v1", True),  # failed before anything moved (a bad archive)
-    (Status(FAILED, target="v2", reverted=True, puma_restored=False), "v1", "v1", False),  # Puma not back
-    (Status(FAILED, target="v2", reverted=False), "v2", "v1", False),
-    (Status(FAILED, target="v2", reverted=True, puma_restored=True), "v1", "v2", False),  # a retry is real
-    (Status(FAILED, target="v1"), "v1", "v1", False),  # the last attempt at this very release failed
+    (AgentStatus(FAILED, target="v2", reverted=True, puma_restored=True), "v1", "v1", True),
+    (AgentStatus(FAILED, target="v2", reverted=True, puma_restored=None), "v1", "v1", True),  # never signalled
+    (AgentStatus(FAILED, target="v2"), "v1", "v1", True),  # failed before anything moved (a bad archive)
+    (AgentStatus(FAILED, target="v2", reverted=True, puma_restored=False), "v1", "v1", False),  # Puma not back
+    (AgentStatus(FAILED, target="v2", reverted=False), "v2", "v1", False),
+    (AgentStatus(FAILED, target="v2", reverted=True, puma_restored=True), "v1", "v2", False),  # a retry is real
+    (AgentStatus(FAILED, target="v1"), "v1", "v1", False),  # the last attempt at this very release failed
 ])
 def test_a_request_is_a_no_op_only_when_the_release_is_served_as_it_should_be(
-        status: Status, current: str, release: str, no_op: bool) -> None:
+        status: AgentStatus, current: str, release: str, no_op: bool) -> None:
     assert settled(status, current, release) is no_op
 
 
@@ -99,9 +109,9 @@ def test_a_process_that_dies_of_the_signal_leaves_current_and_previous_as_they_w
     layout, source = prepared(volume)
     pidfile = volume / "puma.pid"
     pidfile.write_text(str(stand_in.pid))
-    agent = Agent(AgentConfig.resolve(env={"CFO_CODE_PATH": str(layout.root), "CFO_PUMA_PIDFILE": str(pidfile)}))
+    agent = Agent(AgentConfig.from_env(env={"CFO_CODE_PATH": str(layout.root), "CFO_PUMA_PIDFILE": str(pidfile)}))
     before = links(layout)
-    assert agent.start(Request("v2", source, restart="hot", deadline_seconds=5)) is True
+    assert agent.start(ReleaseRequest("v2", source, RestartOptions(restart="hot", deadline_seconds=5))) is True
     agent.wait(30)
     status = agent.status()
     assert status["state"] == "failed" and "exited during the hot restart" in status["error"], status
@@ -109,7 +119,7 @@ def test_a_process_that_dies_of_the_signal_leaves_current_and_previous_as_they_w
     assert (status["reverted"], status["puma_restored"]) == (True, False)
     assert "Puma (pid" in status["error"] and "is gone" in status["error"]
     # Puma did not come back: asking for v1 again is real work, not a no-op (here it finds no Puma).
-    assert agent.start(Request("v1", source, restart="hot", deadline_seconds=5)) is True
+    assert agent.start(ReleaseRequest("v1", source, RestartOptions(restart="hot", deadline_seconds=5))) is True
     agent.wait(30)
     again = agent.status()
     assert again["state"] == "failed" and "Puma master not found" in again["error"] and links(layout) == before
@@ -128,12 +138,13 @@ def system_python() -> str | None:
 
 AS_ANOTHER_USER = """
 import json, sys
-from agent.config import AgentConfig
-from agent.operation import Agent, Request
+from customer_friendly.agent.config import AgentConfig
+from customer_friendly.agent.operation import Agent
+from customer_friendly.contract.agent_api import ReleaseRequest, RestartOptions
 code, pidfile, source, restart = sys.argv[1:5]
-agent = Agent(AgentConfig.resolve(env={"CFO_CODE_PATH": code, "CFO_PUMA_PIDFILE": pidfile,
+agent = Agent(AgentConfig.from_env(env={"CFO_CODE_PATH": code, "CFO_PUMA_PIDFILE": pidfile,
                                        "CFO_PROCESS_PIDFILE": pidfile}))
-agent.start(Request("v2", source, restart=restart, deadline_seconds=5))
+agent.start(ReleaseRequest("v2", source, RestartOptions(restart=restart, deadline_seconds=5)))
 agent.wait(30)
 print(json.dumps(agent.status()))
 """
@@ -157,9 +168,7 @@ def test_an_agent_that_may_not_signal_moves_nothing(volume: Path, stand_in: subp
     # The checkout may sit in a directory only root can enter (a CI clone in a 0700 temp dir):
     # the other uid gets its own readable copy of what the agent imports.
     code = volume.parent / f"{volume.name}-code"
-    for package in ("agent", "contract", "certs"):
-        shutil.copytree(ROOT / package, code / package, ignore=shutil.ignore_patterns("__pycache__"))
-    code.chmod(0o755)
+    copy_product(code)
     try:
         done = subprocess.run([python, "-c", AS_ANOTHER_USER, str(layout.root), str(pidfile), source, restart],
                               cwd=code, capture_output=True, text=True, timeout=60, user=NOBODY, group=NOBODY,
@@ -176,15 +185,19 @@ def test_an_agent_that_may_not_signal_moves_nothing(volume: Path, stand_in: subp
     assert stand_in.poll() is None  # never signalled
 
 
-def test_the_agents_release_logic_imports_on_an_early_python_311() -> None:
+def test_the_agents_release_logic_imports_on_an_early_python_311(tmp_path: Path) -> None:
     """python_requires says >=3.11: nothing in the agent may need a later 3.11 (Debian's is 3.11.2).
     (agent.server needs `cryptography`, which that bare interpreter lacks; it uses nothing newer.)"""
     python = system_python()
     if python is None or sys.version_info[:2] != (3, 11):
         pytest.fail("no system Python 3.11 to try: make test installs Debian's python3")
-    done = subprocess.run([python, "-c", "import agent.operation, agent.cli, agent.worker, agent.archive, "
-                           "agent.release, agent.tree, agent.fetch"], cwd=ROOT, capture_output=True, text=True)
+    code = copy_product(tmp_path / "code")
+    modules = ", ".join(f"customer_friendly.agent.{name}"
+                        for name in ("operation", "cli", "worker", "archive", "release", "tree", "fetch"))
+    done = subprocess.run([python, "-c", f"import {modules}; print(customer_friendly.agent.operation.__file__)"],
+                          cwd=code, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(str(code)), done.stdout  # the copy, not the venv's install
 
 
 # --- a release that cannot boot, against a stand-in Puma cluster -------------------------------
@@ -243,7 +256,7 @@ while True:
 @pytest.fixture
 def fake_puma(volume: Path) -> Iterator[tuple[Layout, str, Path]]:
     """v1 current (v0 previous), `broken` published, and a stand-in Puma cluster of 2 workers on v1."""
-    from agent import puma
+    from customer_friendly.agent import puma
 
     layout, source = prepared(volume)
     publish(volume / "artifacts", "broken", release_archive("broken", broken=True))
@@ -267,7 +280,7 @@ def fake_puma(volume: Path) -> Iterator[tuple[Layout, str, Path]]:
 
 def boot_agent(layout: Layout, pidfile: Path) -> Agent:
     """The default deadline (120s): a release that cannot boot must fail long before it."""
-    config = AgentConfig.resolve(env={"CFO_CODE_PATH": str(layout.root), "CFO_PUMA_PIDFILE": str(pidfile)})
+    config = AgentConfig.from_env(env={"CFO_CODE_PATH": str(layout.root), "CFO_PUMA_PIDFILE": str(pidfile)})
     assert (config.restart_deadline, config.boot_failures) == (120, 3)
     return Agent(config)
 
@@ -278,7 +291,7 @@ def test_a_release_that_cannot_boot_fails_on_its_crash_loop_and_puma_is_restarte
     layout, source, pidfile = fake_puma
     agent = boot_agent(layout, pidfile)
     before = links(layout)
-    assert agent.start(Request("broken", source, restart=mode)) is True
+    assert agent.start(ReleaseRequest("broken", source, RestartOptions(restart=mode))) is True
     agent.wait(600)
     status = agent.status()
     assert status["state"] == "failed", status
@@ -292,7 +305,7 @@ def test_a_release_that_cannot_boot_fails_on_its_crash_loop_and_puma_is_restarte
     assert links(layout) == before and (status["release"], status["previous"]) == ("v1", "v0")
     assert status["puma"]["workers"] == 2 and status["puma"]["bootFailures"] == 0  # the revert's restart
     # The controller's rollback to v1: nothing to do.
-    assert agent.start(Request("v1", source, restart=mode)) is False
+    assert agent.start(ReleaseRequest("v1", source, RestartOptions(restart=mode))) is False
     assert agent.status()["state"] == "done"
 
 
@@ -303,7 +316,7 @@ def test_when_the_old_release_crash_loops_too_the_wait_for_it_stops_and_says_so(
     (layout.root / "releases" / "v1" / "config.ru").write_text('raise "v1 cannot boot either"\n')
     agent = boot_agent(layout, pidfile)
     before = links(layout)
-    assert agent.start(Request("broken", source)) is True
+    assert agent.start(ReleaseRequest("broken", source)) is True
     agent.wait(600)
     status = agent.status()
     assert status["state"] == "failed", status
@@ -312,11 +325,11 @@ def test_when_the_old_release_crash_loops_too_the_wait_for_it_stops_and_says_so(
             "workers exited during the phased restart") in status["error"], status["error"]
     assert (status["reverted"], status["puma_restored"]) == (True, False)
     assert links(layout) == before
-    assert agent.start(Request("v1", source)) is True  # Puma is not back on v1: asking again is real work
+    assert agent.start(ReleaseRequest("v1", source)) is True  # Puma is not back on v1: asking again is real work
     agent.wait(600)
 
 
 def test_the_boot_failures_setting_comes_from_the_environment() -> None:
-    assert AgentConfig.resolve(env={}).boot_failures == 3
-    assert AgentConfig.resolve(env={"CFO_BOOT_FAILURES": "5"}).boot_failures == 5
-    assert AgentConfig.resolve(env={"CFO_BOOT_FAILURES": "0"}).boot_failures == 0  # only the deadline
+    assert AgentConfig.from_env(env={}).boot_failures == 3
+    assert AgentConfig.from_env(env={"CFO_BOOT_FAILURES": "5"}).boot_failures == 5
+    assert AgentConfig.from_env(env={"CFO_BOOT_FAILURES": "0"}).boot_failures == 0  # only the deadline

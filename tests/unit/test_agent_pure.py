@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.puma import (
+from customer_friendly.agent.puma import (
     BootWatch,
     Process,
     PumaView,
@@ -22,8 +22,7 @@ from agent.puma import (
     summarize_log,
     workers_up,
 )
-from agent.release import ReleaseError, parse_sha256_file, source_url
-from agent.server import parse_release_request
+from customer_friendly.agent.release import ReleaseError, parse_sha256_file, source_url
 
 DATA = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "proc_table.json").read_text())
 TABLE = [Process(p["pid"], p["ppid"], p["start"], p["title"]) for p in DATA["processes"]]
@@ -202,25 +201,6 @@ def test_the_source_template_gets_the_release() -> None:
         source_url("s3://b/web/{release}.tar.gz", "../v2")
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"source": "file:///r/{release}.tar.gz"}, "release must be"),
-    ({"release": "v1\n", "source": "file:///r/{release}.tar.gz"}, "release must be"),
-    ({"release": "v1", "source": "ftp://x/{release}"}, "source must be"),
-    ({"release": "v1", "source": "file:///r/v1.tar.gz"}, "source must be"),
-    ({"release": "v1", "source": "file:///r/{release}.tar.gz", "restart": "rolling"}, "restart must be"),
-    ({"release": "v1", "source": "file:///r/{release}.tar.gz", "deadlineSeconds": 0}, "deadlineSeconds"),
-])
-def test_bad_release_requests_name_the_field(body: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_release_request(body)
-
-
-def test_a_good_release_request() -> None:
-    request = parse_release_request({"release": "v2", "source": "s3://b/{release}.tar.gz", "restart": "hot",
-                                     "allowHot": True, "deadlineSeconds": 30})
-    assert (request.release, request.restart, request.allow_hot, request.deadline_seconds) == ("v2", "hot", True, 30)
-
-
 def test_a_crash_looping_workers_output_is_summarized_to_its_distinct_last_lines() -> None:
     log = "\n".join(f"[{pid}] ! Unable to start worker\n[{pid}] config.ru:1:in `block in <main>'\n"
                     f"[{pid}] Early termination of worker" for pid in (11, 12, 13))
@@ -229,7 +209,7 @@ def test_a_crash_looping_workers_output_is_summarized_to_its_distinct_last_lines
 
 
 def test_a_worker_is_found_by_pidfile_then_pattern_then_as_the_puma_master(tmp_path) -> None:
-    from agent.worker import Target, find
+    from customer_friendly.agent.worker import Target, find
 
     table = [*TABLE, Process(5000, 1, 900, "worker-app v1"), Process(5001, 1, 950, "worker-app v1")]
     assert find(Target("^worker-app"), table, own_pid=1).pid == 5000  # the oldest match
@@ -248,6 +228,6 @@ def test_a_worker_is_found_by_pidfile_then_pattern_then_as_the_puma_master(tmp_p
     ("worker-app v1 [1 of 1 busy]", 1), ("cronenberg", None),
 ])
 def test_a_sidekiq_style_title_tells_the_jobs_in_hand(title: str, busy: int | None) -> None:
-    from agent.worker import busy_jobs
+    from customer_friendly.agent.worker import busy_jobs
 
     assert busy_jobs(title) == busy

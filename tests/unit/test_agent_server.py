@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from agent.config import AgentConfig
-from agent.server import (
+from customer_friendly.agent.config import AgentConfig
+from customer_friendly.agent.server import (
     STALE_KEY_DIR,
     AgentServer,
     BadFrame,
@@ -34,11 +34,11 @@ from agent.server import (
     remove_stale_key,
     tls_context,
 )
-from certs.cli import leaf_specs
-from certs.identity import client_refusal
-from certs.names import CONTROLLER_CN
-from certs.pki import KeyPair, LeafSpec, Usage, issue, new_key, plan
-from certs.pki import Validity as CertValidity
+from customer_friendly.certs.cli import leaf_specs
+from customer_friendly.certs.identity import client_refusal
+from customer_friendly.certs.names import CONTROLLER_CN
+from customer_friendly.certs.pki import KeyPair, LeafSpec, Usage, issue, new_key, plan
+from customer_friendly.certs.pki import Validity as CertValidity
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -147,7 +147,7 @@ def test_requests_are_framed_or_refused_with_a_status(data: bytes, expected: Any
 def config_for(tmp_path: Path, ca_pem: str, **changes: Any) -> AgentConfig:
     env = {"CFO_CODE_PATH": str(tmp_path / "code"), "CFO_CLIENT_CA": ca_pem, "CFO_AGENT_BIND": "127.0.0.1",
            "CFO_AGENT_PORT": "0"}
-    return replace(AgentConfig.resolve(None, env), **changes)
+    return replace(AgentConfig.from_env(None, env), **changes)
 
 
 def test_the_serving_key_is_made_in_memory_and_nothing_is_written(installation: Installation,

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig
-from agent.server import AgentServer, ServerLimits, tls_context
-from certs.names import CONTROLLER_CN
-from controller.agents import AgentClient, AgentError, Pins, agent_identity
+from customer_friendly.agent.config import AgentConfig
+from customer_friendly.agent.server import AgentServer, ServerLimits, tls_context
+from customer_friendly.certs.names import CONTROLLER_CN
+from customer_friendly.contract.agent_api import ReleaseRequest
+from customer_friendly.controller.agents import AgentClient, AgentError, Pins, agent_identity
 from tests.unit.test_agent_server import FakeAgent, Installation, Running, config_for, installation, running
 
 __all__ = ["installation", "running"]  # fixtures
@@ -58,7 +59,7 @@ def restart_on_same_port(running: Running, installation: Installation, tmp_path:
     running.server.shutdown()
     running.server.server_close()
     context, _ = tls_context(config_for(tmp_path, installation.ca.cert_pem().decode()))
-    limits = ServerLimits.of(AgentConfig.resolve(env={}))
+    limits = ServerLimits.of(AgentConfig.from_env(env={}))
     server = AgentServer(FakeAgent(), context, ("127.0.0.1", port), limits, CONTROLLER_CN)  # type: ignore[arg-type]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     running.server = server
@@ -71,7 +72,7 @@ def test_a_new_certificate_for_the_same_agent_is_refused_before_any_request(
     assert agents.status("127.0.0.1", running.port, identity="pod-1/c1").release == "v1"
     restart_on_same_port(running, installation, tmp_path)
     with pytest.raises(AgentError, match="not the agent first seen for this pod"):
-        agents.release("127.0.0.1", running.port, "v2", "file:///a/{release}.tar.gz", "phased",
+        agents.release("127.0.0.1", running.port, ReleaseRequest("v2", "file:///a/{release}.tar.gz"),
                        identity="pod-1/c1")
     assert running.server.agent.asked == []  # type: ignore[attr-defined]  # nothing was sent
     # The agent container restarted (a new container id): its new key is pinned.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.tree import remove_tree
+from customer_friendly.agent.tree import remove_tree
 from tests.unit.test_archive import snapshot
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from webhook.app import create_app
-from webhook.config import WebhookConfig
+from customer_friendly.webhook.app import create_app
+from customer_friendly.webhook.config import WebhookConfig
 
 FIXTURE = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "deployment.json").read_text())
 REVIEW = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {

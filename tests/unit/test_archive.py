@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import archive as archive_module
-from agent.archive import (
+from customer_friendly.agent import archive as archive_module
+from customer_friendly.agent.archive import (
     Limits,
     LinkError,
     Member,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from certs.cli import leaf_specs, main
-from certs.pki import KeyPair, Validity, create_ca, issue, plan
+from customer_friendly.certs.cli import leaf_specs, main
+from customer_friendly.certs.pki import KeyPair, Validity, create_ca, issue, plan
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 SPECS = leaf_specs("customer-friendly-webhook", "customer-friendly-system", ["localhost"], ["127.0.0.1"])

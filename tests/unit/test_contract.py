@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import contract as c
+from customer_friendly import contract as c
 
 
 @pytest.mark.parametrize("release", ["v1", "2026.11.21-1", "a" * 63, "R_1.2-rc3", "0"])

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import contract as c
-from controller.migration import job_for, job_state
-from webhook.mutation import mutate
-from webhook.policy import Policy
-from webhook.settings import resolve
+from customer_friendly import contract as c
+from customer_friendly.contract.policy import Policy
+from customer_friendly.contract.settings import resolve
+from customer_friendly.controller.migration import job_for, job_state
+from customer_friendly.webhook.mutation import mutate
 
 DEPLOYMENT = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "deployment.json").read_text())
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-import contract as c
-from webhook.mutation import mutate
-from webhook.policy import Policy, policy_from_mapping
-from webhook.settings import Refusal, resolve, unknown_annotation_warnings
+from customer_friendly import contract as c
+from customer_friendly.contract.policy import Policy, policy_from_mapping
+from customer_friendly.contract.settings import Refusal, resolve, unknown_annotation_warnings
+from customer_friendly.webhook.mutation import mutate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BASE = json.loads((FIXTURES / "deployment.json").read_text())
@@ -87,7 +87,7 @@ def test_fetch_and_the_native_sidecar_agent_run_before_the_users_init_containers
 
 
 def test_on_clusters_without_native_sidecars_the_agent_is_a_plain_container() -> None:
-    out = pod(run(deployment(), Policy(nativeSidecars=False))[0])
+    out = pod(run(deployment(), Policy(native_sidecars=False))[0])
     assert [i["name"] for i in out["initContainers"]] == [c.FETCH_CONTAINER, "wait-for-db"]
     assert [ct["name"] for ct in out["containers"]] == ["puma", "log-shipper", c.AGENT_CONTAINER]
     assert "restartPolicy" not in out["containers"][-1]
@@ -116,14 +116,14 @@ def test_pre_stop_is_a_sleep_action_sized_by_the_annotation() -> None:
 
 
 def test_pre_stop_falls_back_to_exec_sleep_where_the_policy_says_so() -> None:
-    puma = named(pod(run(deployment(), Policy(preStopSleepAction=False))[0])["containers"], "puma")
+    puma = named(pod(run(deployment(), Policy(pre_stop_sleep_action=False))[0])["containers"], "puma")
     assert puma["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "15"]}}
 
 
 @pytest.mark.parametrize(("annotations", "policy", "grace"), [
     ({}, Policy(), 15 + 30 + 10),
     ({"pre_stop_seconds": "5", "max_request_seconds": "120"}, Policy(), 5 + 120 + 10),
-    ({}, Policy(graceMarginSeconds=0, maxRequestSeconds=60), 15 + 60),
+    ({}, Policy(grace_margin_seconds=0, max_request_seconds=60), 15 + 60),
 ])
 def test_the_grace_period_covers_pre_stop_the_longest_request_and_a_margin(
         annotations: dict[str, str], policy: Policy, grace: int) -> None:
@@ -131,7 +131,7 @@ def test_the_grace_period_covers_pre_stop_the_longest_request_and_a_margin(
 
 
 def test_the_agent_gets_release_source_code_path_and_the_release_configmap() -> None:
-    out = pod(run(deployment(code_path="/srv/www"), Policy(keepReleases=5, requireSha256=True))[0])
+    out = pod(run(deployment(code_path="/srv/www"), Policy(keep_releases=5, require_sha256=True))[0])
     for container in out["initContainers"][:2]:
         env = env_of(container)
         ref = {"name": "web-cfo-release", "optional": True}
@@ -149,7 +149,7 @@ def test_the_agent_gets_release_source_code_path_and_the_release_configmap() -> 
 
 def test_the_agent_trusts_the_client_ca_from_the_policy() -> None:
     pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-    agent = pod(run(deployment(), Policy(agentClientCA=pem))[0])["initContainers"][1]
+    agent = pod(run(deployment(), Policy(agent_client_ca=pem))[0])["initContainers"][1]
     assert env_of(agent)["CFO_CLIENT_CA"] == pem
 
 
@@ -217,7 +217,7 @@ def test_mutating_twice_keeps_the_agents_privileges(container: dict[str, Any] | 
     assert run(once)[0] == once
 
 
-@pytest.mark.parametrize("policy", [Policy(), Policy(nativeSidecars=False)], ids=["native sidecar", "container"])
+@pytest.mark.parametrize("policy", [Policy(), Policy(native_sidecars=False)], ids=["native sidecar", "container"])
 def test_the_agent_and_fetch_are_hardened_for_a_restricted_namespace_in_every_layout(policy: Policy) -> None:
     out = pod(run(with_security(deployment(), {"runAsUser": 1000}, None), policy)[0])
     ours = [ct for ct in out["initContainers"] + out["containers"]
@@ -278,7 +278,7 @@ def ours(out: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("native", [True, False], ids=["native sidecar", "container"])
 def test_the_policys_env_and_mounts_reach_fetch_and_the_agent_after_ours(native: bool) -> None:
-    out, _ = run(deployment(), Policy(**{**AGENT_KEYS, "nativeSidecars": native}))
+    out, _ = run(deployment(), policy_from_mapping({**AGENT_KEYS, "nativeSidecars": native}))
     assert len(ours(out)) == 2
     for container in ours(out):
         names = [e["name"] for e in container["env"]]
@@ -371,9 +371,9 @@ def test_a_policy_mount_beside_the_code_path_is_fine() -> None:
 MUTATION_VARIANTS = [
     ({}, Policy()),
     ({}, AGENT_POLICY),
-    ({"code_path": "/srv/www"}, Policy(**{**AGENT_KEYS, "nativeSidecars": False})),
+    ({"code_path": "/srv/www"}, policy_from_mapping({**AGENT_KEYS, "nativeSidecars": False})),
     ({"volume": "emptyDir", "code_path": "/srv"}, Policy()),
-    ({}, Policy(nativeSidecars=False, preStopSleepAction=False)),
+    ({}, Policy(native_sidecars=False, pre_stop_sleep_action=False)),
     ({"pre_stop_seconds": "0"}, Policy()),
     ({"container": "log-shipper", "max_request_seconds": "600"}, Policy()),
 ]
@@ -402,7 +402,7 @@ def test_changing_only_the_release_leaves_the_pod_template_unchanged() -> None:
 
 def test_switching_off_native_sidecars_moves_the_agent_rather_than_copying_it() -> None:
     once, _ = run(deployment())
-    again = pod(run(once, Policy(nativeSidecars=False))[0])
+    again = pod(run(once, Policy(native_sidecars=False))[0])
     every = [ct["name"] for ct in again["initContainers"] + again["containers"]]
     assert every.count(c.AGENT_CONTAINER) == 1
 

@@ -6,27 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from controller.plan import (
-    COMPLETE,
-    FAILED,
-    PAUSED,
-    POLL_SECONDS,
-    PROGRESSING,
-    ROLLED_BACK,
-    AgentView,
-    MigrationView,
-    PodState,
-    Rollout,
-    Spec,
-    batch_size,
-    plan,
-)
+from customer_friendly.contract.agent_api import AgentStatus
+from customer_friendly.contract.rollout import COMPLETE, FAILED, PAUSED, PROGRESSING, ROLLED_BACK, Rollout
+from customer_friendly.controller.plan import POLL_SECONDS, MigrationView, PodState, Spec, batch_size, plan
 
 NOW = 1000.0
 
 
 def pods(n: int, serving: str = "v1") -> list[PodState]:
-    return [PodState(f"web-{i}", True, serving, AgentView("idle", None, serving)) for i in range(n)]
+    return [PodState(f"web-{i}", True, serving, AgentStatus("idle", None, serving)) for i in range(n)]
 
 
 class World:
@@ -56,11 +44,11 @@ class World:
             self.asked.append((name, release))
             pod = self.pods[name]
             if not finish:
-                view = AgentView("restarting", release, pod.agent.release if pod.agent else None)
+                view = AgentStatus("restarting", release, pod.agent.release if pod.agent else None)
             elif release in self.broken:
-                view = AgentView("failed", release, release, "restart not done after 120s")
+                view = AgentStatus("failed", release, release, "restart not done after 120s")
             else:
-                view = AgentView("done", release, release)
+                view = AgentStatus("done", release, release)
             self.pods[name] = replace(pod, agent=view)
         self.now += 1
 
@@ -107,7 +95,7 @@ def test_a_batch_is_recorded_before_its_agents_are_asked_and_resumed_after_a_cra
     world = World(Spec("v2", "s", replicas=3, canary=1), pods(3))
     world.step(finish=False)  # web-0 is restarting when the controller dies
     recorded = world.rollout
-    assert recorded.batch == ("web-0",) and recorded.batchRelease == "v2"
+    assert recorded.batch == ("web-0",) and recorded.batch_release == "v2"
     # A new controller reads the same annotation and agent states: it asks nobody again.
     again = plan(world.spec, recorded, world.configmap, list(world.pods.values()), NOW + 5)
     assert again.ask == {}
@@ -127,7 +115,7 @@ def test_pods_not_running_are_skipped_and_verified_when_they_report() -> None:
     world = World(Spec("v2", "s", replicas=3), states).run()
     assert ("web-new", "v2") not in world.asked
     assert world.rollout.phase == COMPLETE and "1 not running yet" in world.rollout.message
-    world.pods["web-new"] = PodState("web-new", True, None, AgentView("idle", None, "v2"))
+    world.pods["web-new"] = PodState("web-new", True, None, AgentStatus("idle", None, "v2"))
     world.run()
     assert world.pods["web-new"].serving == "v2"
 
@@ -136,7 +124,7 @@ def test_a_failure_stops_the_rollout_and_rolls_back_what_moved() -> None:
     world = World(Spec("v2", "s", replicas=4, canary=1, max_unavailable="2"), pods(4), broken=frozenset({"v2"}))
     world.run()
     assert world.rollout.phase == ROLLED_BACK
-    assert world.rollout.failedPod == "web-0" and "restart not done" in world.rollout.reason
+    assert world.rollout.failed_pod == "web-0" and "restart not done" in world.rollout.reason
     assert world.asked == [("web-0", "v2"), ("web-0", "v1")]  # the canary only, then back
     assert {p.serving for p in world.pods.values()} == {"v1"}
     assert world.configmap == "v1"
@@ -186,7 +174,7 @@ def test_a_newer_release_mid_batch_finishes_the_batch_then_moves_everyone_to_it(
     world.spec = replace(world.spec, release="v3")
     world.step()
     assert world.configmap == "v3" and world.rollout.release == "v2" and world.rollout.batch == ("web-0",)
-    world.pods["web-0"] = replace(world.pods["web-0"], agent=AgentView("done", "v2", "v2"))
+    world.pods["web-0"] = replace(world.pods["web-0"], agent=AgentStatus("done", "v2", "v2"))
     world.run()
     assert world.rollout.release == "v3" and world.rollout.phase == COMPLETE
     assert {p.serving for p in world.pods.values()} == {"v3"}
@@ -196,7 +184,7 @@ def test_a_newer_release_mid_batch_finishes_the_batch_then_moves_everyone_to_it(
 def test_scaling_up_mid_rollout_includes_the_new_running_pods() -> None:
     world = World(Spec("v2", "s", replicas=3, canary=1, max_unavailable="1"), pods(3))
     world.step()
-    world.pods["web-9"] = PodState("web-9", True, None, AgentView("idle", None, "v1"))
+    world.pods["web-9"] = PodState("web-9", True, None, AgentStatus("idle", None, "v1"))
     world.run()
     assert world.pods["web-9"].serving == "v2" and world.rollout.total == 4
 
@@ -213,7 +201,7 @@ def test_a_batch_pod_whose_agent_was_born_on_the_release_counts_as_done() -> Non
     assert world.rollout.batch == ("web-1",)
     world.step()  # web-new is pending and unverified: it is the next batch
     assert world.rollout.batch == ("web-new",)
-    world.pods["web-new"] = PodState("web-new", True, None, AgentView("idle", None, "v2"))  # a no-op ask
+    world.pods["web-new"] = PodState("web-new", True, None, AgentStatus("idle", None, "v2"))  # a no-op ask
     world.step()
     assert world.pods["web-new"].serving == "v2" and not world.rollout.batch
     world.run()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-import contract as c
-from kubectl_cfo.view import fleet_rows, group_rows, history_rows, pod_rows, progress_line, table
+from customer_friendly import contract as c
+from customer_friendly.contract.rollout import Rollout
+from customer_friendly.kubectl_cfo.view import fleet_rows, group_rows, history_rows, pod_rows, progress_line, table
 
 
 def pod(name: str, release: str | None, ip: str = "10.0.0.5", ready: bool = True) -> dict:
@@ -27,7 +28,7 @@ def test_pod_rows_are_sorted_and_show_the_release() -> None:
 
 
 def test_fleet_rows_count_what_pods_really_run() -> None:
-    web = deployment("web", "shop", "v3", {"phase": "Progressing"})
+    web = deployment("web", "shop", "v3", {"release": "v3", "previous": "v2", "phase": "Progressing"})
     rows = fleet_rows([web], {("shop", "web"): [pod("a", "v3"), pod("b", "v2"), pod("c", None)]})
     assert rows == [{"namespace": "shop", "deployment": "web", "wanted": "v3", "phase": "Progressing", "pods": 3,
                      "running": {"unknown": 1, "v2": 1, "v3": 1}}]
@@ -35,7 +36,8 @@ def test_fleet_rows_count_what_pods_really_run() -> None:
 
 def test_group_rows_keep_the_groups_order_and_each_deployments_own_role() -> None:
     """Names sort differently from roles (cron < web < worker): each row keeps its own role."""
-    web, worker, cron = (deployment(name, "shop", "v2", {"phase": "Complete"}) for name in ("web", "worker", "cron"))
+    complete = {"release": "v2", "previous": "v1", "phase": "Complete"}
+    web, worker, cron = (deployment(name, "shop", "v2", complete) for name in ("web", "worker", "cron"))
     worker["metadata"]["annotations"][c.RESTART] = "drain"
     cron["metadata"]["annotations"].update({c.RESTART: "drain", c.ROLE: "cron"})
     pods = {("shop", "web"): [pod("w1", "v2"), pod("w2", "v2")], ("shop", "worker"): [pod("k1", "v2")],
@@ -63,6 +65,8 @@ def test_tables_align_columns_and_mark_empty_cells() -> None:
 
 
 def test_the_progress_line_shows_pods_batch_and_time() -> None:
-    line = progress_line({"release": "v2", "phase": "Progressing", "updated": 1, "total": 4, "batchNumber": 2,
-                          "batch": ["a", "b"]}, 12.4, width=8)
+    rollout = Rollout.from_wire({"release": "v2", "previous": "v1", "phase": "Progressing", "updated": 1,
+                                 "total": 4, "batchNumber": 2, "batch": ["a", "b"]})
+    assert rollout is not None
+    line = progress_line(rollout, 12.4, width=8)
     assert line == "[##------] 1/4 pods on v2  Progressing  batch 2 (2 pods)  12s"

@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from webhook.config import PolicySource, WebhookConfig
-from webhook.policy import Policy, PolicyError, policy_from_mapping, policy_to_mapping, read_policy_path
+from customer_friendly.contract.policy import (
+    Policy,
+    PolicyError,
+    field_name,
+    policy_from_mapping,
+    policy_to_mapping,
+    read_policy_path,
+)
+from customer_friendly.contract.policy_source import PolicySource
+from customer_friendly.webhook.config import WebhookConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,8 +27,8 @@ def test_the_installed_policy_configmap_states_exactly_the_built_in_defaults() -
 
 
 def test_policy_to_mapping_and_back_is_the_identity() -> None:
-    policy = Policy(allowedSourcePrefixes=("s3://a/", "https://b/"), requireSha256=True, canary=2,
-                    maxUnavailable="3")
+    policy = Policy(allowed_source_prefixes=("s3://a/", "https://b/"), require_sha256=True, canary=2,
+                    max_unavailable="3")
     assert policy_from_mapping(policy_to_mapping(policy)) == policy
 
 
@@ -54,19 +62,19 @@ def manifest_example() -> dict[str, str]:
 
 def test_agent_keys_are_parsed_from_yaml_text() -> None:
     policy = policy_from_mapping(AGENT_KEYS)
-    assert policy.agent_env() == [
+    assert policy.agent_env_list() == [
         {"name": "AWS_REGION", "value": "eu-west-1"},
         {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "release-reader", "key": "secret"}}},
     ]
-    assert [v["name"] for v in policy.agent_volumes()] == ["release-ca", "releases"]
-    assert policy.agent_volume_mounts()[0] == {"name": "release-ca", "mountPath": "/etc/cfo/ca", "readOnly": True}
+    assert [v["name"] for v in policy.agent_volume_list()] == ["release-ca", "releases"]
+    assert policy.agent_volume_mount_list()[0] == {"name": "release-ca", "mountPath": "/etc/cfo/ca", "readOnly": True}
 
 
 def test_agent_keys_written_as_json_yaml_or_lists_make_the_same_hashable_policy() -> None:
     as_json = {key: json.dumps(yaml.safe_load(text)) for key, text in AGENT_KEYS.items()}
     as_lists = {key: yaml.safe_load(text) for key, text in AGENT_KEYS.items()}
     policies = {policy_from_mapping(AGENT_KEYS), policy_from_mapping(as_json), policy_from_mapping(as_lists),
-                Policy(**as_lists)}
+                Policy(**{field_name(key): items for key, items in as_lists.items()})}
     assert len(policies) == 1
 
 
@@ -86,16 +94,16 @@ def test_an_empty_agent_key_is_the_default(empty: str) -> None:
 
 def test_the_parsed_agent_keys_are_fresh_copies() -> None:
     policy = policy_from_mapping(AGENT_KEYS)
-    policy.agent_env()[0]["value"] = "changed"
-    policy.agent_volumes().clear()
-    assert policy.agent_env()[0]["value"] == "eu-west-1"
-    assert len(policy.agent_volumes()) == 2
+    policy.agent_env_list()[0]["value"] = "changed"
+    policy.agent_volume_list().clear()
+    assert policy.agent_env_list()[0]["value"] == "eu-west-1"
+    assert len(policy.agent_volume_list()) == 2
 
 
 def test_the_example_in_the_installed_policy_parses() -> None:
     policy = policy_from_mapping(manifest_example())
-    assert {e["name"] for e in policy.agent_env()} >= {"AWS_ENDPOINT_URL_S3", "SSL_CERT_FILE", "AWS_CA_BUNDLE"}
-    assert {m["name"] for m in policy.agent_volume_mounts()} == {v["name"] for v in policy.agent_volumes()}
+    assert {e["name"] for e in policy.agent_env_list()} >= {"AWS_ENDPOINT_URL_S3", "SSL_CERT_FILE", "AWS_CA_BUNDLE"}
+    assert {m["name"] for m in policy.agent_volume_mount_list()} == {v["name"] for v in policy.agent_volume_list()}
 
 
 def test_a_policy_file_may_write_the_agent_keys_as_yaml_lists(tmp_path: Path) -> None:
@@ -178,7 +186,7 @@ def test_an_invalid_agent_key_is_refused_naming_the_key_and_what_it_accepts(
     ('["s3://a/"]', ("s3://a/",)),
 ])
 def test_allowed_source_prefixes_accept_lines_commas_or_json(text: str, prefixes: tuple[str, ...]) -> None:
-    assert policy_from_mapping({"allowedSourcePrefixes": text}).allowedSourcePrefixes == prefixes
+    assert policy_from_mapping({"allowedSourcePrefixes": text}).allowed_source_prefixes == prefixes
 
 
 @pytest.mark.parametrize(("data", "fragment"), [
@@ -206,7 +214,7 @@ def test_a_mounted_configmap_directory_is_read_key_by_key(tmp_path: Path) -> Non
     (tmp_path / "volume").write_text("emptyDir")
     (tmp_path / "..data").mkdir()  # kubelet's atomic-writer bookkeeping is ignored
     policy = read_policy_path(tmp_path)
-    assert (policy.preStopSeconds, policy.volume) == (20, "emptyDir")
+    assert (policy.pre_stop_seconds, policy.volume) == (20, "emptyDir")
 
 
 class ManualClock:
@@ -222,20 +230,20 @@ def test_a_changed_policy_file_is_picked_up_and_a_broken_one_keeps_the_last_good
     path.write_text("preStopSeconds: 20\n")
     clock = ManualClock()
     source = PolicySource(path, check_seconds=1, clock=clock)
-    assert source.current().preStopSeconds == 20
+    assert source.current().pre_stop_seconds == 20
 
     path.write_text("preStopSeconds: 25\nvolume: emptyDir\n")
     clock.now += 2
-    assert source.current().preStopSeconds == 25
+    assert source.current().pre_stop_seconds == 25
 
     path.write_text("preStopSeconds: never\n")
     clock.now += 2
-    assert source.current().preStopSeconds == 25
+    assert source.current().pre_stop_seconds == 25
     assert "preStopSeconds" in (source.last_error or "")
 
     path.write_text("preStopSeconds: 30\n")
     clock.now += 2
-    assert source.current().preStopSeconds == 30
+    assert source.current().pre_stop_seconds == 30
     assert source.last_error is None
 
 

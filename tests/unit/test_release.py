@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.archive import Limits
-from agent.release import (
+from customer_friendly.agent.archive import Limits
+from customer_friendly.agent.release import (
     Layout,
     ReleaseError,
     current_release,
@@ -21,7 +21,7 @@ from agent.release import (
     restore,
     switch,
 )
-from tests.harness.puma_app import publish, release_archive
+from testbed.puma_app import publish, release_archive
 
 
 @pytest.fixture

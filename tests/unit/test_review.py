@@ -11,9 +11,9 @@ from typing import Any
 import jsonpatch
 import pytest
 
-import contract as c
-from webhook.policy import Policy, policy_from_mapping
-from webhook.review import BadReview, admit, answer, parse_review
+from customer_friendly import contract as c
+from customer_friendly.contract.policy import Policy, policy_from_mapping
+from customer_friendly.webhook.review import BadReview, admit, answer, parse_review
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BASE = json.loads((FIXTURES / "deployment.json").read_text())

@@ -15,11 +15,9 @@ from typing import Any
 import jsonpatch
 import pytest
 
-import contract as c
-from webhook.mutation import mutate
-from webhook.policy import Policy, parse_max_unavailable, policy_from_mapping
-from webhook.review import answer, json_patch
-from webhook.settings import (
+from customer_friendly import contract as c
+from customer_friendly.contract.policy import Policy, parse_max_unavailable, policy_from_mapping
+from customer_friendly.contract.settings import (
     MAX_UNKNOWN_WARNINGS,
     Refusal,
     check_code_path,
@@ -28,6 +26,8 @@ from webhook.settings import (
     unknown_annotation_warnings,
     whole_number,
 )
+from customer_friendly.webhook.mutation import mutate
+from customer_friendly.webhook.review import answer, json_patch
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BASE = json.loads((FIXTURES / "deployment.json").read_text())
@@ -171,12 +171,12 @@ def test_our_own_pin_is_re_pinned_once_the_policy_no_longer_allows_it() -> None:
 
 @pytest.mark.parametrize("native", [True, False], ids=["native sidecar", "container"])
 def test_our_own_output_holds_our_names_and_mutates_to_itself(native: bool) -> None:
-    policy = Policy(nativeSidecars=native)
+    policy = Policy(native_sidecars=native)
     once, _, kind = admitted(copy.deepcopy(BASE), policy)
     assert kind == "mutated"
     assert admitted(once, policy)[2] == "unchanged"
     # Switching the layout moves the agent; it is never duplicated nor refused.
-    other = Policy(nativeSidecars=not native)
+    other = Policy(native_sidecars=not native)
     moved, _, _ = admitted(once, other)
     every = [ct["name"] for ct in pod(moved)["initContainers"] + pod(moved)["containers"]]
     assert every.count(c.AGENT_CONTAINER) == 1 and every.count(c.FETCH_CONTAINER) == 1

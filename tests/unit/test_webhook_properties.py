@@ -24,10 +24,10 @@ import jsonpatch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import contract as c
-from webhook.policy import Policy, policy_from_mapping
-from webhook.review import BadReview, answer, json_patch
-from webhook.settings import MAX_UNKNOWN_WARNINGS, unknown_annotation_warnings
+from customer_friendly import contract as c
+from customer_friendly.contract.policy import Policy, policy_from_mapping
+from customer_friendly.contract.settings import MAX_UNKNOWN_WARNINGS, unknown_annotation_warnings
+from customer_friendly.webhook.review import BadReview, answer, json_patch
 
 BASE = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "deployment.json").read_text())
 SETTINGS = settings(max_examples=250, deadline=None, database=None,
@@ -40,7 +40,7 @@ JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
 
 POLICIES = st.sampled_from([
     Policy(),
-    Policy(nativeSidecars=False, preStopSleepAction=False),
+    Policy(native_sidecars=False, pre_stop_sleep_action=False),
     policy_from_mapping({"allowedSourcePrefixes": "s3://acme-releases/", "volume": "emptyDir"}),
     policy_from_mapping({"agentVolumes": "[{name: releases, hostPath: {path: /srv/releases}}]",
                          "agentVolumeMounts": "[{name: releases, mountPath: /srv/releases}]",

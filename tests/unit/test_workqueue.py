@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from controller.loop import WorkQueue
+from customer_friendly.controller.loop import WorkQueue
 
 STOP = threading.Event()
 

@@ -33,9 +33,9 @@ from typing import Any
 
 import yaml
 
-from certs.pki import LeafSpec, Usage, issue
-from tests.harness import images
-from tests.harness.controlplane import (
+from customer_friendly.certs.pki import LeafSpec, Usage, issue
+from testbed import images
+from testbed.controlplane import (
     ControlPlane,
     ControlPlaneError,
     _Process,
@@ -300,10 +300,10 @@ def sweep_leftovers(graceful: bool = False) -> bool:
 # --- the node -----------------------------------------------------------------------------
 
 def provisioner_binary() -> Path:
-    result = subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "k8s" / "build-provisioner.sh")],
+    result = subprocess.run(["bash", str(Path(__file__).resolve().parent / "k8s" / "build-provisioner.sh")],
                             stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
-        raise ControlPlaneError("tests/k8s/build-provisioner.sh failed; see its output above")
+        raise ControlPlaneError("testbed/k8s/build-provisioner.sh failed; see its output above")
     return Path(result.stdout.strip().splitlines()[-1])
 
 
@@ -693,14 +693,14 @@ def threading_main() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tests.harness.node hold|lose-kubelet DIR`: a node for tests of the harness itself.
+    """`python -m testbed.node hold|lose-kubelet DIR`: a node for tests of the harness itself.
 
     hold: start, say `node up`, wait for a signal (then tear down). lose-kubelet: start, kill the
     kubelet, and wait for a pod condition that can no longer come: the wait must fail at once.
     """
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m tests.harness.node")
+    parser = argparse.ArgumentParser(prog="python -m testbed.node")
     parser.add_argument("mode", choices=("hold", "lose-kubelet"))
     parser.add_argument("dir", type=Path)
     args = parser.parse_args(argv)

@@ -25,12 +25,12 @@ from typing import Any
 import boto3
 import yaml
 
-import contract as c
-from certs.pki import LeafSpec, Usage, create_ca, issue
-from tests.harness import images
-from tests.harness.controlplane import ROOT, ControlPlaneError, free_port, terminate, wait_ready
-from tests.harness.node import NODE_IP, STORAGE_CLASS, Node
-from tests.harness.puma_app import AgentClient, MotoS3, publish
+from customer_friendly import contract as c
+from customer_friendly.certs.pki import LeafSpec, Usage, create_ca, issue
+from testbed import images
+from testbed.controlplane import ROOT, ControlPlaneError, free_port, terminate, wait_ready
+from testbed.node import NODE_IP, STORAGE_CLASS, Node
+from testbed.puma_app import AgentClient, MotoS3, publish
 
 INSTALL_NAMESPACE = "customer-friendly-system"
 BUCKET = "releases"
@@ -151,7 +151,7 @@ class Sources:
         log = self.workdir / "https.log"
         with log.open("ab") as fh:
             self.https_proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.harness.https_server", "--bind", NODE_IP, "--port",
+                [sys.executable, "-m", "testbed.https_server", "--bind", NODE_IP, "--port",
                  str(self.https_port), "--directory", str(self.files), "--cert", str(cert), "--key", str(key)],
                 cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -242,7 +242,8 @@ class Product:
     certs: Path = field(init=False)
 
     def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "admin.cli", *args, "--kubeconfig", str(self.node.kubeconfig),
+        command = [sys.executable, "-m", "customer_friendly.admin.cli", *args, "--kubeconfig",
+                   str(self.node.kubeconfig),
                    "--kubectl", str(self.node.control.kubectl_path)]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=self.node.env(), check=False,
                                 timeout=300)

@@ -1,5 +1,5 @@
 """A static HTTPS file server with a certificate from a private CA: an `https://` release source
-that pods can only trust through the policy's extra CA (run as `python -m tests.harness.https_server`)."""
+that pods can only trust through the policy's extra CA (run as `python -m testbed.https_server`)."""
 
 from __future__ import annotations
 

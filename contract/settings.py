@@ -1,6 +1,6 @@
 """Read a Deployment's annotations into validated settings, under the cluster policy.
 
-Pure: one function from (annotations, container names, policy) to Settings, or a Refusal
+Pure: one function from (annotations, container names, policy) to ReleaseSettings, or a Refusal
 whose message names the annotation and what it accepts, because that message is what the
 user sees from `kubectl apply`.
 """
@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-import contract as c
-from webhook.policy import DNS_SUBDOMAIN, Policy, parse_max_unavailable
+from customer_friendly import contract as c
+from customer_friendly.contract.agent_api import RestartOptions
+from customer_friendly.contract.policy import DNS_SUBDOMAIN, Policy, parse_max_unavailable
 
 
 class Refusal(ValueError):
@@ -25,8 +26,9 @@ class Refusal(ValueError):
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything the mutation needs, with the policy's defaults filled in."""
+class ReleaseSettings:
+    """A Deployment's annotations resolved under the policy: what the webhook injects and the
+    controller rolls out, so both read every annotation the same way."""
 
     release: str
     source: str
@@ -45,6 +47,11 @@ class Settings:
     process: str | None = None
     quiet_signal: str = "TSTP"
     drain_seconds: int = 30
+
+    def restart_options(self) -> RestartOptions:
+        """What the controller asks each agent to do after `current` moves."""
+        return RestartOptions(restart=self.restart, process=self.process, quiet_signal=self.quiet_signal,
+                              drain_seconds=self.drain_seconds)
 
 
 # Every message quotes what the user wrote; a value can be megabytes long, so it is shortened.
@@ -199,10 +206,10 @@ def check_source(source: str, policy: Policy, annotation: str = c.SOURCE) -> Non
     problem = _source_problem(source)
     if problem:
         raise _refuse(annotation, source, problem)
-    if policy.allowedSourcePrefixes and not any(_under_prefix(source, prefix)
-                                                for prefix in policy.allowedSourcePrefixes):
+    if policy.allowed_source_prefixes and not any(_under_prefix(source, prefix)
+                                                for prefix in policy.allowed_source_prefixes):
         raise _refuse(annotation, source, "only sources under the policy's allowed prefixes: "
-                      + ", ".join(policy.allowedSourcePrefixes))
+                      + ", ".join(policy.allowed_source_prefixes))
 
 
 MAX_CODE_PATH_LENGTH = 1024
@@ -249,8 +256,8 @@ def check_process_pattern(pattern: str) -> None:
         raise _refuse(c.PROCESS, pattern, f"{accepts} ({reason})") from err
 
 
-def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: Policy) -> Settings:
-    """Settings for an opted-in Deployment; raises Refusal for anything invalid."""
+def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: Policy) -> ReleaseSettings:
+    """ReleaseSettings for an opted-in Deployment; raises Refusal for anything invalid."""
     release = annotations.get(c.RELEASE, "")
     if not release:
         raise Refusal(f"annotation {c.RELEASE} is required when {c.ENABLED} is \"true\": "
@@ -288,7 +295,7 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
     pattern = annotations.get(c.PROCESS)
     if pattern is not None:
         check_process_pattern(pattern)
-    max_unavailable = annotations.get(c.MAX_UNAVAILABLE, policy.maxUnavailable)
+    max_unavailable = annotations.get(c.MAX_UNAVAILABLE, policy.max_unavailable)
     if parse_max_unavailable(max_unavailable) is None:
         raise _refuse(c.MAX_UNAVAILABLE, max_unavailable,
                       "a whole number of pods (N >= 1) or a percentage (1% to 100%)")
@@ -299,23 +306,23 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
     volume = annotations.get(c.VOLUME, policy.volume)
     if volume not in c.VOLUME_KINDS:
         raise _refuse(c.VOLUME, volume, "efs (a per-pod EFS access point) or emptyDir")
-    storage_class = annotations.get(c.STORAGE_CLASS, policy.storageClass)
+    storage_class = annotations.get(c.STORAGE_CLASS, policy.storage_class)
     if not DNS_SUBDOMAIN.match(storage_class):
         raise _refuse(c.STORAGE_CLASS, storage_class, "a StorageClass name (lower-case DNS subdomain)")
 
     migrate = annotations.get(c.MIGRATE)
     if migrate is not None and not migrate.strip():
         raise _refuse(c.MIGRATE, migrate, "a shell command such as 'bin/rails db:migrate'")
-    return Settings(
+    return ReleaseSettings(
         release=release,
         source=source,
         container=container,
         code_path=code_path,
         restart=restart,
-        pre_stop_seconds=_seconds(annotations, c.PRE_STOP_SECONDS, policy.preStopSeconds, 0,
-                                  policy.maxPreStopSeconds),
-        max_request_seconds=_seconds(annotations, c.MAX_REQUEST_SECONDS, policy.maxRequestSeconds, 1,
-                                     policy.maxMaxRequestSeconds),
+        pre_stop_seconds=_seconds(annotations, c.PRE_STOP_SECONDS, policy.pre_stop_seconds, 0,
+                                  policy.max_pre_stop_seconds),
+        max_request_seconds=_seconds(annotations, c.MAX_REQUEST_SECONDS, policy.max_request_seconds, 1,
+                                     policy.max_max_request_seconds),
         max_unavailable=max_unavailable,
         canary=canary,
         volume=volume,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.controlplane import ROOT, free_port, terminate, wait_ready
+from testbed.controlplane import ROOT, free_port, terminate, wait_ready
 
 GOOD_APP = """RELEASE = "{release}"
 run ->(env) {{ env["rack.input"].read; [200, {{"content-type" => "text/plain"}}, ["#{{RELEASE}}\\n"]] }}
@@ -148,7 +148,8 @@ class AgentProcess:
         env = {**os.environ, **self.env, "CFO_CODE_PATH": str(self.code), "CFO_AGENT_BIND": self.bind,
                "CFO_AGENT_PORT": str(self.port), "CFO_CLIENT_CA_FILE": str(self.client_ca)}
         with self.log.open("ab") as fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "agent", "serve"], cwd=ROOT, env=env, stdout=fh,
+            self.proc = subprocess.Popen([sys.executable, "-m", "customer_friendly.agent", "serve"], cwd=ROOT,
+                                          env=env, stdout=fh,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE

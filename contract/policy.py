@@ -1,8 +1,10 @@
 """The cluster-wide policy: defaults and bounds for every opted-in Deployment.
 
-It is the ConfigMap `customer-friendly-policy`. Its data keys (camelCase strings) map one
-to one onto the fields below. Parsing is pure and strict: an unknown key or a bad value is
-an error naming the key, so that a typo in the policy never silently falls back to a default.
+It is the ConfigMap `customer-friendly-policy`. Its data keys are camelCase (the wire names,
+as Kubernetes writes keys); the fields below are their snake_case twins (`wire_name` converts),
+and only `policy_from_mapping`, `policy_to_mapping` and error messages speak the wire names.
+Parsing is pure and strict: an unknown key or a bad value is an error naming the key, so that a
+typo in the policy never silently falls back to a default.
 
 Three keys hold lists of Kubernetes objects (agentEnv, agentVolumes, agentVolumeMounts): what
 a release source needs beyond the code volume. Only the cluster admin sets them (they can
@@ -22,7 +24,14 @@ from typing import Any
 
 import yaml
 
-from contract import AGENT_ENV_PREFIX, CODE_VOLUME, RESTART_ACCEPTS, SOURCE_SCHEMES, VOLUME_KINDS, is_restart_mode
+from customer_friendly.contract import (
+    AGENT_ENV_PREFIX,
+    CODE_VOLUME,
+    RESTART_ACCEPTS,
+    SOURCE_SCHEMES,
+    VOLUME_KINDS,
+    is_restart_mode,
+)
 
 POLICY_CONFIGMAP = "customer-friendly-policy"
 INSTALL_NAMESPACE = "customer-friendly-system"
@@ -46,64 +55,64 @@ class PolicyError(ValueError):
 class Policy:
     """Cluster defaults; per-Deployment annotations override them within the bounds."""
 
-    agentImage: str = "ghcr.io/customer-friendly/agent:0.1.0"
+    agent_image: str = "ghcr.io/customer-friendly/agent:0.1.0"
     """Image of the init container and the agent sidecar."""
-    agentImagePullPolicy: str = "IfNotPresent"
-    agentPort: int = 9443
+    agent_image_pull_policy: str = "IfNotPresent"
+    agent_port: int = 9443
     """Port of the agent's mutual-TLS API inside the pod."""
-    agentClientCA: str = ""
+    agent_client_ca: str = ""
     """PEM of the CA that signs the controller's client certificate; the agent trusts only it."""
-    agentCpuRequest: str = "10m"
-    agentMemoryRequest: str = "32Mi"
-    agentMemoryLimit: str = "128Mi"
+    agent_cpu_request: str = "10m"
+    agent_memory_request: str = "32Mi"
+    agent_memory_limit: str = "128Mi"
 
     restart: str = "phased"
-    preStopSeconds: int = 15
-    maxPreStopSeconds: int = 120
+    pre_stop_seconds: int = 15
+    max_pre_stop_seconds: int = 120
     """Upper bound for the `pre-stop-seconds` annotation."""
-    maxRequestSeconds: int = 30
-    maxMaxRequestSeconds: int = 3600
+    max_request_seconds: int = 30
+    max_max_request_seconds: int = 3600
     """Upper bound for the `max-request-seconds` annotation."""
-    graceMarginSeconds: int = 10
+    grace_margin_seconds: int = 10
     """Added to preStop + the longest request to size terminationGracePeriodSeconds."""
 
-    maxUnavailable: str = "50%"
+    max_unavailable: str = "50%"
     canary: int = 1
-    autoRollback: bool = True
+    auto_rollback: bool = True
     """Roll pods already updated back to the previous release when a rollout fails."""
 
     volume: str = "efs"
-    storageClass: str = "efs-sc"
-    volumeSize: str = "1Gi"
+    storage_class: str = "efs-sc"
+    volume_size: str = "1Gi"
     """Requested size of the per-pod EFS claim (EFS does not enforce it; the API requires one)."""
-    emptyDirSizeLimit: str = "2Gi"
-    keepReleases: int = 3
+    empty_dir_size_limit: str = "2Gi"
+    keep_releases: int = 3
     """Releases kept on each pod's volume for fast rollback."""
 
-    allowedSourcePrefixes: tuple[str, ...] = ()
+    allowed_source_prefixes: tuple[str, ...] = ()
     """Release sources must start with one of these; empty allows any s3://, https:// or file:// URI."""
-    requireSha256: bool = False
+    require_sha256: bool = False
     """Refuse artifacts that have no `.sha256` beside them."""
 
-    nativeSidecars: bool = True
+    native_sidecars: bool = True
     """The cluster is 1.29+: the agent runs as an init container with restartPolicy Always."""
-    preStopSleepAction: bool = True
+    pre_stop_sleep_action: bool = True
     """The cluster is 1.30+: preStop uses the `sleep` action rather than an exec of `sleep`."""
 
     # The three object lists below are stored as canonical JSON text ("" when empty), not as
     # lists, so that Policy stays frozen, hashable and comparable: two policies that say the
     # same thing in different YAML/JSON spelling are equal, and `policy_to_mapping` writes
     # the text back unchanged. The constructor also accepts YAML/JSON text or a list and
-    # canonicalises it; read them parsed through `agent_env()`, `agent_volumes()` and
-    # `agent_volume_mounts()`, which return fresh copies.
-    agentEnv: str = ""
+    # canonicalises it; read them parsed through `agent_env_list()`, `agent_volume_list()` and
+    # `agent_volume_mount_list()`, which return fresh copies.
+    agent_env: str = ""
     """EnvVar objects (name, and value or valueFrom) for cfo-fetch and cfo-agent, after ours;
     names starting with CFO_ are ours and refused. For example AWS_ENDPOINT_URL_S3, AWS_REGION,
     credentials through valueFrom.secretKeyRef, or SSL_CERT_FILE for a private CA."""
-    agentVolumes: str = ""
+    agent_volumes: str = ""
     """Volume objects added to the pod for our containers (a hostPath or nfs directory for a
     file:// source, a configMap holding a CA bundle). Names are DNS labels; cfo-code is ours."""
-    agentVolumeMounts: str = ""
+    agent_volume_mounts: str = ""
     """VolumeMount objects for cfo-fetch and cfo-agent; each names a volume of agentVolumes."""
 
     def __post_init__(self) -> None:
@@ -117,17 +126,17 @@ class Policy:
                    lambda item: _check_mount(item, names))
         _validate(self)
 
-    def agent_env(self) -> list[dict[str, Any]]:
+    def agent_env_list(self) -> list[dict[str, Any]]:
         """The parsed agentEnv (a fresh copy)."""
-        return _parsed(self.agentEnv)
+        return _parsed(self.agent_env)
 
-    def agent_volumes(self) -> list[dict[str, Any]]:
+    def agent_volume_list(self) -> list[dict[str, Any]]:
         """The parsed agentVolumes (a fresh copy)."""
-        return _parsed(self.agentVolumes)
+        return _parsed(self.agent_volumes)
 
-    def agent_volume_mounts(self) -> list[dict[str, Any]]:
+    def agent_volume_mount_list(self) -> list[dict[str, Any]]:
         """The parsed agentVolumeMounts (a fresh copy)."""
-        return _parsed(self.agentVolumeMounts)
+        return _parsed(self.agent_volume_mounts)
 
 
 def _fail(key: str, accepts: str, value: object) -> PolicyError:
@@ -152,7 +161,7 @@ def _short(value: object, key: str) -> object:
 def _canonical(p: Policy, key: str, accepts: str,
                check: Callable[[dict[str, Any]], str | None]) -> list[dict[str, Any]]:
     """Parse one object-list key, check each item, and store its canonical JSON text on `p`."""
-    raw = getattr(p, key)
+    raw = getattr(p, field_name(key))
     items: object = raw
     if isinstance(raw, str):
         try:
@@ -177,7 +186,7 @@ def _canonical(p: Policy, key: str, accepts: str,
             raise _fail(key, f"{accepts}: {ident} appears twice", _short(item, key))
         seen.add(ident)
     text = json.dumps(list(items), sort_keys=True, separators=(",", ":")) if items else ""
-    object.__setattr__(p, key, text)
+    object.__setattr__(p, field_name(key), text)
     return list(items)
 
 
@@ -239,45 +248,45 @@ def is_mount_path(path: str) -> bool:
 
 
 def _validate(p: Policy) -> None:
-    if not p.agentImage:
-        raise _fail("agentImage", "a container image reference", p.agentImage)
-    if p.agentImagePullPolicy not in ("Always", "IfNotPresent", "Never"):
-        raise _fail("agentImagePullPolicy", "Always, IfNotPresent or Never", p.agentImagePullPolicy)
-    if not 1 <= p.agentPort <= 65535:
-        raise _fail("agentPort", "a port number from 1 to 65535", p.agentPort)
-    if p.agentClientCA and "BEGIN CERTIFICATE" not in p.agentClientCA:
+    if not p.agent_image:
+        raise _fail("agentImage", "a container image reference", p.agent_image)
+    if p.agent_image_pull_policy not in ("Always", "IfNotPresent", "Never"):
+        raise _fail("agentImagePullPolicy", "Always, IfNotPresent or Never", p.agent_image_pull_policy)
+    if not 1 <= p.agent_port <= 65535:
+        raise _fail("agentPort", "a port number from 1 to 65535", p.agent_port)
+    if p.agent_client_ca and "BEGIN CERTIFICATE" not in p.agent_client_ca:
         raise _fail("agentClientCA", "a PEM certificate bundle", "<not PEM>")
     for key in ("agentCpuRequest", "agentMemoryRequest", "agentMemoryLimit", "volumeSize", "emptyDirSizeLimit"):
-        value = getattr(p, key)
+        value = getattr(p, field_name(key))
         if not _QUANTITY.match(value) and not (key == "agentCpuRequest" and re.match(r"^[0-9]+m$", value)):
             raise _fail(key, "a Kubernetes quantity such as 64Mi or 1Gi", value)
     if not is_restart_mode(p.restart):
         raise _fail("restart", RESTART_ACCEPTS, p.restart)
-    if not 0 <= p.maxPreStopSeconds <= 3600:
-        raise _fail("maxPreStopSeconds", "whole seconds from 0 to 3600", p.maxPreStopSeconds)
-    if not 0 <= p.preStopSeconds <= p.maxPreStopSeconds:
-        raise _fail("preStopSeconds", f"whole seconds from 0 to maxPreStopSeconds ({p.maxPreStopSeconds})",
-                    p.preStopSeconds)
-    if not 1 <= p.maxMaxRequestSeconds <= 86400:
-        raise _fail("maxMaxRequestSeconds", "whole seconds from 1 to 86400", p.maxMaxRequestSeconds)
-    if not 1 <= p.maxRequestSeconds <= p.maxMaxRequestSeconds:
+    if not 0 <= p.max_pre_stop_seconds <= 3600:
+        raise _fail("maxPreStopSeconds", "whole seconds from 0 to 3600", p.max_pre_stop_seconds)
+    if not 0 <= p.pre_stop_seconds <= p.max_pre_stop_seconds:
+        raise _fail("preStopSeconds", f"whole seconds from 0 to maxPreStopSeconds ({p.max_pre_stop_seconds})",
+                    p.pre_stop_seconds)
+    if not 1 <= p.max_max_request_seconds <= 86400:
+        raise _fail("maxMaxRequestSeconds", "whole seconds from 1 to 86400", p.max_max_request_seconds)
+    if not 1 <= p.max_request_seconds <= p.max_max_request_seconds:
         raise _fail("maxRequestSeconds",
-                    f"whole seconds from 1 to maxMaxRequestSeconds ({p.maxMaxRequestSeconds})",
-                    p.maxRequestSeconds)
-    if not 0 <= p.graceMarginSeconds <= 600:
-        raise _fail("graceMarginSeconds", "whole seconds from 0 to 600", p.graceMarginSeconds)
-    if parse_max_unavailable(p.maxUnavailable) is None:
+                    f"whole seconds from 1 to maxMaxRequestSeconds ({p.max_max_request_seconds})",
+                    p.max_request_seconds)
+    if not 0 <= p.grace_margin_seconds <= 600:
+        raise _fail("graceMarginSeconds", "whole seconds from 0 to 600", p.grace_margin_seconds)
+    if parse_max_unavailable(p.max_unavailable) is None:
         raise _fail("maxUnavailable", "a whole number of pods (N >= 1) or a percentage (1% to 100%)",
-                    p.maxUnavailable)
+                    p.max_unavailable)
     if p.canary < 0:
         raise _fail("canary", "a whole number of pods, 0 or more", p.canary)
     if p.volume not in VOLUME_KINDS:
         raise _fail("volume", " or ".join(VOLUME_KINDS), p.volume)
-    if not DNS_SUBDOMAIN.match(p.storageClass):
-        raise _fail("storageClass", "a StorageClass name (lower-case DNS subdomain)", p.storageClass)
-    if not 1 <= p.keepReleases <= 50:
-        raise _fail("keepReleases", "a whole number from 1 to 50", p.keepReleases)
-    for prefix in p.allowedSourcePrefixes:
+    if not DNS_SUBDOMAIN.match(p.storage_class):
+        raise _fail("storageClass", "a StorageClass name (lower-case DNS subdomain)", p.storage_class)
+    if not 1 <= p.keep_releases <= 50:
+        raise _fail("keepReleases", "a whole number from 1 to 50", p.keep_releases)
+    for prefix in p.allowed_source_prefixes:
         if not prefix.startswith(SOURCE_SCHEMES):
             raise _fail("allowedSourcePrefixes", "URI prefixes starting with " + ", ".join(SOURCE_SCHEMES),
                         prefix)
@@ -294,8 +303,20 @@ def parse_max_unavailable(value: str) -> tuple[int, bool] | None:
     return number, percent
 
 
-_FIELDS = {f.name: f for f in fields(Policy)}
+def wire_name(field: str) -> str:
+    """A Policy field's ConfigMap key: snake_case to camelCase (agent_client_ca is agentClientCA)."""
+    head, *rest = field.split("_")
+    return "agentClientCA" if field == "agent_client_ca" else head + "".join(part.capitalize() for part in rest)
+
+
+_FIELDS = {wire_name(f.name): f for f in fields(Policy)}
+"""ConfigMap key -> field."""
 _OBJECT_LISTS = ("agentEnv", "agentVolumes", "agentVolumeMounts")
+
+
+def field_name(key: str) -> str:
+    """A ConfigMap key's Policy field (the inverse of wire_name)."""
+    return _FIELDS[key].name
 
 
 def _coerce(key: str, raw: str, kind: object) -> object:
@@ -330,21 +351,21 @@ def policy_from_mapping(data: Mapping[str, object]) -> Policy:
     for key, raw in data.items():
         kind = _FIELDS[key].type
         if key in _OBJECT_LISTS:
-            values[key] = raw  # text, or a list from a YAML policy file: Policy parses both
+            values[field_name(key)] = raw  # text, or a list from a YAML policy file: Policy parses both
         elif isinstance(raw, bool | int) and kind in (int, bool, "int", "bool"):
-            values[key] = raw
+            values[field_name(key)] = raw
         elif isinstance(raw, list):
-            values[key] = tuple(str(item) for item in raw)
+            values[field_name(key)] = tuple(str(item) for item in raw)
         else:
-            values[key] = _coerce(key, str(raw), kind)
+            values[field_name(key)] = _coerce(key, str(raw), kind)
     return Policy(**values)  # type: ignore[arg-type]
 
 
 def policy_to_mapping(policy: Policy) -> dict[str, str]:
     """The ConfigMap data form of a policy (the inverse of `policy_from_mapping`)."""
     out: dict[str, str] = {}
-    for key in _FIELDS:
-        value = getattr(policy, key)
+    for key, spec in _FIELDS.items():
+        value = getattr(policy, spec.name)
         if isinstance(value, bool):
             out[key] = "true" if value else "false"
         elif isinstance(value, tuple):

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.controlplane import ROOT, ControlPlaneError
+from testbed.controlplane import ROOT, ControlPlaneError
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
 
-Started the way envtest starts it, from binaries that `tests/k8s/build.sh` builds from the
+Started the way envtest starts it, from binaries that `testbed/k8s/build.sh` builds from the
 Go module proxy and caches under ~/.cache. Used by the pytest session fixtures, by
 `make cluster` and by the demo. There is no kubelet and no scheduler: pods stay Pending
 unless a test writes their status.
@@ -24,12 +24,12 @@ from pathlib import Path
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from certs.pki import KeyPair, LeafSpec, Usage, create_ca, issue, new_key
+from customer_friendly.certs.pki import KeyPair, LeafSpec, Usage, create_ca, issue, new_key
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = ROOT / "tests" / "k8s" / "build.sh"
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_SCRIPT = ROOT / "testbed" / "k8s" / "build.sh"
 
 
 class ControlPlaneError(RuntimeError):

@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from tests.harness.controlplane import ROOT
-from tests.harness.node import Node, state_file, sweep_leftovers
-from tests.harness.node_app import Product, Sources, node_release
+from testbed.controlplane import ROOT
+from testbed.node import Node, state_file, sweep_leftovers
+from testbed.node_app import Product, Sources, node_release
 
 
 def up(workdir: Path) -> int:

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import yaml
 
-import contract as c
-from tests.harness import images
-from tests.harness.controlplane import ROOT
-from tests.harness.load import Load, Sample
-from tests.harness.node import Node, running_node
-from tests.harness.node_app import PUMA_PORT, Peaks, Product, Sources, WebApp, node_release
+from customer_friendly import contract as c
+from testbed import images
+from testbed.controlplane import ROOT
+from testbed.load import Load, Sample
+from testbed.node import Node, running_node
+from testbed.node_app import PUMA_PORT, Peaks, Product, Sources, WebApp, node_release
 
 NAMESPACE = "shop"
 REPLICAS = 3

@@ -19,13 +19,14 @@ from typing import Any
 
 import yaml
 
-from tests.harness.controlplane import ROOT, ControlPlane, ControlPlaneError, free_port, tail, terminate, wait_ready
+from testbed.controlplane import ROOT, ControlPlane, ControlPlaneError, free_port, tail, terminate, wait_ready
 
 MANIFEST = ROOT / "manifests" / "base" / "mutatingwebhook.yaml"
 
 
 def ensure_certs(cert_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
-    subprocess.run([sys.executable, "-m", "certs", "ensure", "--out", str(cert_dir), "--ip", "127.0.0.1",
+    subprocess.run([sys.executable, "-m", "customer_friendly.certs", "ensure", "--out", str(cert_dir), "--ip",
+                    "127.0.0.1",
                     "--dns", "localhost", *extra_args], check=True, cwd=ROOT, capture_output=True)
 
 
@@ -59,7 +60,7 @@ class WebhookServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         ensure_certs(self.cert_dir)
         self.port = self.port or free_port()
-        args = [sys.executable, "-m", "webhook.serve", "--bind", f"127.0.0.1:{self.port}",
+        args = [sys.executable, "-m", "customer_friendly.webhook.serve", "--bind", f"127.0.0.1:{self.port}",
                 "--cert", str(self.cert_dir / "webhook.crt"), "--key", str(self.cert_dir / "webhook.key"),
                 "--threads", str(self.threads), "--workers", str(self.workers)]
         if self.policy_path:
