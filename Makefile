@@ -41,8 +41,12 @@ images: venv debian-packages
 debian-packages:
 	@bash scripts/debian-packages
 
+# ruff (style, and McCabe complexity at most 10), import-linter (the layers in pyproject.toml),
+# mypy (types of the product, the test bed and the benchmarks). Any violation fails.
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+	scripts/typecheck
 
 unit: venv
 	$(PY) -m pytest -q tests/unit

@@ -172,7 +172,21 @@ def _shown(name: str) -> str:
 
 
 def _check_name(member: Member, limits: Limits) -> str:
+    """The member's normal path, once its name, type and link target pass every check."""
     name = member.name
+    _check_spelling(name)
+    path = normal(name)
+    depth = path.count("/") + 1
+    if depth > limits.max_depth:
+        raise UnsafeArchive(f"member {_shown(name)} is {depth} directories deep; the limit is {limits.max_depth}")
+    _check_kind(member, path)
+    if member.kind in (SYMLINK, HARDLINK):
+        _check_link_target(member)
+    return path
+
+
+def _check_spelling(name: str) -> None:
+    """The raw name, before `normal` sees it: no NUL, not absolute, no '..', not too long."""
     if "\x00" in name:
         raise UnsafeArchive(f"member {name!r} contains a NUL byte")
     if not name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
@@ -181,10 +195,11 @@ def _check_name(member: Member, limits: Limits) -> str:
         raise UnsafeArchive(f"member {name!r} contains '..'")
     if len(name) > MAX_NAME_LENGTH:
         raise UnsafeArchive(f"member {_shown(name)} is longer than {MAX_NAME_LENGTH} characters (PATH_MAX)")
-    path = normal(name)
-    depth = path.count("/") + 1
-    if depth > limits.max_depth:
-        raise UnsafeArchive(f"member {_shown(name)} is {depth} directories deep; the limit is {limits.max_depth}")
+
+
+def _check_kind(member: Member, path: str) -> None:
+    """No special files, the release root only as a directory, and nothing in the agent's own names."""
+    name = member.name
     if member.kind == OTHER:
         raise UnsafeArchive(f"member {name!r} is a device file, FIFO, sparse or other special file")
     if path == "." and member.kind != DIRECTORY:
@@ -192,15 +207,18 @@ def _check_name(member: Member, limits: Limits) -> str:
     if path.split("/", 1)[0].startswith(RESERVED_PREFIX):
         raise UnsafeArchive(f"member {name!r} collides with the agent's own files ({RESERVED_PREFIX}* at the top "
                             f"of a release, such as {MARKER})")
-    if member.kind in (SYMLINK, HARDLINK):
-        what = "symlink" if member.kind == SYMLINK else "hard link"
-        if "\x00" in member.linkname:
-            raise UnsafeArchive(f"{what} {name!r} has a NUL byte in its target {member.linkname!r}")
-        if not member.linkname:
-            raise UnsafeArchive(f"{what} {name!r} has an empty target")
-        if member.linkname.startswith("/"):
-            raise UnsafeArchive(f"{what} {name!r} points to the absolute path {member.linkname!r}")
-    return path
+
+
+def _check_link_target(member: Member) -> None:
+    """A link's target on its own (where it leads is judged later, against the whole tree)."""
+    name = member.name
+    what = "symlink" if member.kind == SYMLINK else "hard link"
+    if "\x00" in member.linkname:
+        raise UnsafeArchive(f"{what} {name!r} has a NUL byte in its target {member.linkname!r}")
+    if not member.linkname:
+        raise UnsafeArchive(f"{what} {name!r} has an empty target")
+    if member.linkname.startswith("/"):
+        raise UnsafeArchive(f"{what} {name!r} points to the absolute path {member.linkname!r}")
 
 
 def _check_tree(tree: Mapping[str, Member]) -> None:
@@ -289,8 +307,8 @@ def plan_directories(members: Iterable[Member]) -> list[str]:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
-# What reading a damaged archive raises, besides OSError (gzip's BadGzipFile is one).
-_UNREADABLE: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, zlib.error)
+# What reading a damaged archive raises (gzip's BadGzipFile is an OSError).
+_UNREADABLE: tuple[type[Exception], ...] = (tarfile.TarError, EOFError, zlib.error, OSError)
 try:
     import lzma
 
@@ -374,7 +392,7 @@ class _Writer:
 
 
 def _unreadable(err: BaseException) -> UnsafeArchive:
-    return UnsafeArchive(f"archive cannot be read: {err or type(err).__name__}")
+    return UnsafeArchive(f"archive cannot be read: {str(err) or type(err).__name__}")
 
 
 def _headers(tar: tarfile.TarFile, limits: Limits) -> list[tarfile.TarInfo]:
@@ -384,7 +402,7 @@ def _headers(tar: tarfile.TarFile, limits: Limits) -> list[tarfile.TarInfo]:
             infos.append(info)
             if len(infos) > limits.max_members:
                 raise UnsafeArchive(f"archive has more than {limits.max_members} members")
-    except (*_UNREADABLE, OSError) as err:
+    except _UNREADABLE as err:
         raise _unreadable(err) from err
     return infos
 
@@ -402,7 +420,7 @@ def _data(tar: tarfile.TarFile, info: tarfile.TarInfo) -> Iterator[bytes]:
                 raise UnsafeArchive(f"member {info.name!r} is shorter than its header says (truncated archive)")
             left -= len(chunk)
             yield chunk
-    except (*_UNREADABLE, OSError) as err:
+    except _UNREADABLE as err:
         raise _unreadable(err) from err
 
 
@@ -416,7 +434,7 @@ def extract(archive: Path, destination: Path, limits: Limits = DEFAULT_LIMITS) -
     """
     try:
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115  # closed by `with tar` below
-    except (*_UNREADABLE, OSError) as err:
+    except _UNREADABLE as err:
         raise _unreadable(err) from err
     with tar:
         infos = _headers(tar, limits)

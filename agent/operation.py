@@ -92,6 +92,21 @@ class Attempt:
     signalled: bool = False
 
 
+def _restart_timeout(view: puma.PumaView, mode: str, deadline_seconds: float, expected: int, ticks: int,
+                     latest: puma.PumaView | None, stats: puma.Stats | None) -> puma.PumaError:
+    """The error for a restart the deadline ended: how far it got, and what Puma last said, so the
+    operator need not dig through the logs."""
+    replaced = sum(w.start_ticks >= ticks for w in latest.workers) if latest else 0
+    if mode == "phased":
+        what = f"{replaced} of {expected} workers replaced; the old workers keep serving"
+    else:
+        booted = f", {stats.booted_workers} booted" if stats is not None else ""
+        what = f"the new workers did not come up ({replaced} of {expected} restarted{booted})"
+    tail = puma.boot_error_tail(view)
+    return puma.PumaError(f"{mode} restart not done after {deadline_seconds:.0f}s: {what}"
+                          + (f"; Puma said: {tail}" if tail else ""))
+
+
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
@@ -317,16 +332,8 @@ class Agent:
             pids = frozenset(w.pid for w in latest.workers)
             if pids != steady[0]:
                 steady = (pids, time.monotonic())
-            if stats is not None and stats_before is not None and mode == "phased":
-                done = stats.phased_restart_done(stats_before.phase)
-            elif expected == 0:
-                # Single mode has no workers to count: the re-exec'd master has its title back.
-                done = time.monotonic() - started > 1 and puma.MASTER_TITLE.match(latest.master.title) is not None
-            elif self.config.puma_control_url:
-                done = stats is not None and puma.workers_up(latest, ticks, expected, stats)
-            else:
-                done = puma.workers_up(latest, ticks, expected, None) and \
-                    time.monotonic() - steady[1] >= STEADY_SECONDS
+            done = self._restart_done(latest, mode, expected, ticks, before=stats_before, now=stats,
+                                      started=started, steady_since=steady[1])
             failures = watch.observe(latest, done)
             self._update(puma={"workersReplaced": sum(w.start_ticks >= ticks for w in latest.workers),
                                "workersExpected": expected, "bootFailures": failures})
@@ -334,15 +341,23 @@ class Agent:
                 return
             if 0 < self.config.boot_failures <= failures:
                 raise puma.CannotBoot(puma.cannot_boot_message(release, failures, mode, puma.boot_error_tail(view)))
-        replaced = sum(w.start_ticks >= ticks for w in latest.workers) if latest else 0
-        if mode == "phased":
-            what = f"{replaced} of {expected} workers replaced; the old workers keep serving"
-        else:
-            booted = f", {stats.booted_workers} booted" if stats is not None else ""
-            what = f"the new workers did not come up ({replaced} of {expected} restarted{booted})"
-        tail = puma.boot_error_tail(view)
-        raise puma.PumaError(f"{mode} restart not done after {deadline_seconds:.0f}s: {what}"
-                             + (f"; Puma said: {tail}" if tail else ""))
+        raise _restart_timeout(view, mode, deadline_seconds, expected, ticks, latest, stats)
+
+    def _restart_done(self, latest: puma.PumaView, mode: str, expected: int, ticks: int, *,
+                      before: puma.Stats | None, now: puma.Stats | None, started: float, steady_since: float) -> bool:
+        """One look during `_restart`: is it done? Kept apart so the watch loop stays readable.
+
+        `before` and `now` are Puma's stats at the signal and at this look; `started` is when the
+        watch began, `steady_since` since when the worker pids have not changed.
+        """
+        if now is not None and before is not None and mode == "phased":
+            return now.phased_restart_done(before.phase)
+        if expected == 0:
+            # Single mode has no workers to count: the re-exec'd master has its title back.
+            return time.monotonic() - started > 1 and puma.MASTER_TITLE.match(latest.master.title) is not None
+        if self.config.puma_control_url:
+            return now is not None and puma.workers_up(latest, ticks, expected, now)
+        return puma.workers_up(latest, ticks, expected, None) and time.monotonic() - steady_since >= STEADY_SECONDS
 
     def _stats(self) -> puma.Stats | None:
         if not self.config.puma_control_url:

@@ -85,9 +85,9 @@ def find_puma(processes: Iterable[Process], master_pid: int | None = None) -> Pu
         master = min(masters, key=lambda p: p.start_ticks) if masters else None
     if master is None:
         return None
-    workers = tuple(sorted((p for p in table if p.ppid == master.pid and WORKER_TITLE.match(p.title)),
-                           key=lambda p: int(WORKER_TITLE.match(p.title).group(1))))  # type: ignore[union-attr]
-    return PumaView(master, workers)
+    indexed = [(int(match.group(1)), p) for p in table
+               if p.ppid == master.pid and (match := WORKER_TITLE.match(p.title))]
+    return PumaView(master, tuple(p for _, p in sorted(indexed, key=lambda pair: pair[0])))
 
 
 def restarted_since(view: PumaView | None, signal_ticks: int, expected_workers: int) -> bool:

@@ -37,7 +37,6 @@ import queue
 import re
 import selectors
 import socket
-import socketserver
 import ssl
 import tempfile
 import threading
@@ -164,8 +163,18 @@ def frame(buffer: bytes | bytearray, max_head: int = MAX_HEAD, max_body: int = M
         return None
     if end > max_head:
         raise BadFrame(431, f"request line and headers larger than {max_head} bytes")
+    length = _body_length(bytes(buffer[:end]))
+    if length > max_body:
+        raise BadFrame(413, f"body larger than {max_body} bytes")
+    total = end + 4 + length
+    return total if len(buffer) >= total else None
+
+
+def _body_length(head: bytes) -> int:
+    """The body length the head (request line and headers, without the blank line) declares:
+    0 without a Content-Length; BadFrame for a malformed line, chunking, or lengths that differ."""
     lengths = set()
-    for line in bytes(buffer[:end]).split(b"\r\n")[1:]:
+    for line in head.split(b"\r\n")[1:]:
         name, sep, value = line.partition(b":")
         if not sep:
             raise BadFrame(400, "malformed header line")
@@ -173,17 +182,34 @@ def frame(buffer: bytes | bytearray, max_head: int = MAX_HEAD, max_body: int = M
         if name == b"transfer-encoding":
             raise BadFrame(400, "Transfer-Encoding is not accepted: send the body with a Content-Length")
         if name == b"content-length":
-            value = value.strip()
-            if not _LENGTH.fullmatch(value):
-                raise BadFrame(400, "Content-Length must be a non-negative decimal number")
-            lengths.add(int(value))
+            lengths.add(_content_length(value))
     if len(lengths) > 1:
         raise BadFrame(400, "conflicting Content-Length headers")
-    length = lengths.pop() if lengths else 0
-    if length > max_body:
-        raise BadFrame(413, f"body larger than {max_body} bytes")
-    total = end + 4 + length
-    return total if len(buffer) >= total else None
+    return lengths.pop() if lengths else 0
+
+
+def _content_length(value: bytes) -> int:
+    """One Content-Length value: plain decimal digits only (no sign, no hex, no list), so no guessing."""
+    value = value.strip()
+    if not _LENGTH.fullmatch(value):
+        raise BadFrame(400, "Content-Length must be a non-negative decimal number")
+    return int(value)
+
+
+class _SocketWriter(io.BufferedIOBase):
+    """The handler's wfile: every write goes straight to the socket (socketserver has one too,
+    but private)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._sock.sendall(data)
+        with memoryview(data) as view:
+            return view.nbytes
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -198,7 +224,7 @@ class Handler(BaseHTTPRequestHandler):
         self.connection = self.request = conn.sock
         self.client_address = conn.addr
         self.rfile = io.BytesIO(request)
-        self.wfile = socketserver._SocketWriter(conn.sock)  # type: ignore[attr-defined]
+        self.wfile = _SocketWriter(conn.sock)
         self.close_connection = True
         self.handle_one_request()
 

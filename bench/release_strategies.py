@@ -216,8 +216,9 @@ class Bench:
 
 def median_result(results: list[Result]) -> Result:
     fields = asdict(results[0])
-    merged = {k: (results[0].strategy if k == "strategy" else statistics.median(getattr(r, k) for r in results))
-              for k in fields}
+    merged: dict[str, Any] = {
+        k: (results[0].strategy if k == "strategy" else statistics.median(getattr(r, k) for r in results))
+        for k in fields}
     return Result(**merged)
 
 

@@ -39,7 +39,7 @@ from testbed.webhook import WebhookServer, register
 
 RESULTS = Path(os.environ.get("CFO_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 DEPLOYMENT = json.loads((ROOT / "tests" / "fixtures" / "deployment.json").read_text())
-REVIEW = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+REVIEW: dict[str, Any] = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
     "uid": "0b7c2e9e-bench", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
     "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
     "operation": "CREATE", "namespace": "shop", "name": "web", "object": DEPLOYMENT,
@@ -48,11 +48,13 @@ REVIEW = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "reque
 
 def serve(app: str, port: int, threads: int, certs: Path) -> subprocess.Popen[bytes]:
     """gunicorn gthread over TLS, exactly as cfo-webhook configures it, for `app` (ours or bare)."""
-    code = ("import sys; from webhook import serve; from bench.webhook import bare_app; "
-            "args = serve._parser().parse_args(sys.argv[1:]); tls = serve.ReloadingTLS(args.cert, args.key); "
-            "from webhook.app import create_app; "
+    code = ("import sys; from customer_friendly.webhook import serve; from bench.webhook import bare_app; "
+            "from customer_friendly.webhook.config import WebhookConfig; "
+            "config = WebhookConfig.from_env(serve._parser().parse_args(sys.argv[1:])); "
+            "tls = serve.ReloadingTLS(config.cert, config.key); "
+            "from customer_friendly.webhook.app import create_app; "
             f"factory = {'bare_app' if app == 'bare' else 'create_app'}; "
-            "serve._Gunicorn(factory, serve.gunicorn_options(args, tls)).run()")
+            "serve._Gunicorn(factory, serve.gunicorn_options(config, tls)).run()")
     proc = subprocess.Popen([sys.executable, "-c", code, "--bind", f"127.0.0.1:{port}", "--cert",
                              str(certs / "webhook.crt"), "--key", str(certs / "webhook.key"), "--threads",
                              str(threads), "--workers", "1", "--log-level", "warning"], cwd=ROOT,
@@ -144,7 +146,7 @@ def through_apiserver(requests: int) -> dict[str, Any]:
             webhook.start()
             register(cluster, webhook)
             apps = client.AppsV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
-            results = {}
+            results: dict[str, Any] = {}
             for label, opted in (("not opted in", False), ("opted in", True)):
                 body = copy.deepcopy(DEPLOYMENT)
                 if not opted:
@@ -167,7 +169,8 @@ def through_apiserver(requests: int) -> dict[str, Any]:
 
 
 def mutation_microseconds() -> float:
-    request, policy = REVIEW["request"], Policy()
+    request: dict[str, Any] = REVIEW["request"]
+    policy = Policy()
     number = 2000
     best = min(timeit.repeat(lambda: admit(request, policy), number=number, repeat=5))
     return best / number * 1e6

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from customer_friendly.contract import APP, RELEASE, RESTART, ROLE, ROLES, ROLLOUT
-from customer_friendly.contract.objects import annotations, is_opted_in, name_of
+from customer_friendly.contract.objects import annotations_of, is_opted_in, name_of
 from customer_friendly.contract.rollout import ABANDONED_PHASES, COMPLETE, Rollout
 
 ROLE_ORDER = {role: index for index, role in enumerate(ROLES)}
@@ -27,8 +27,8 @@ def role_of(annotations: Mapping[str, str]) -> str:
 
 def members(deployments: Iterable[D], app: str) -> list[D]:
     """The opted-in Deployments of `app`, in the group's order (role, then name)."""
-    group = [d for d in deployments if is_opted_in(d) and annotations(d).get(APP) == app]
-    return sorted(group, key=lambda d: (ROLE_ORDER[role_of(annotations(d))], name_of(d)))
+    group = [d for d in deployments if is_opted_in(d) and annotations_of(d).get(APP) == app]
+    return sorted(group, key=lambda d: (ROLE_ORDER[role_of(annotations_of(d))], name_of(d)))
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class GroupGate:
 def gate(me: Mapping[str, Any], peers: Iterable[Mapping[str, Any]]) -> GroupGate:
     """The gate on Deployment `me` from the other members of its app group (`peers` may hold any
     Deployments of the namespace, `me` included)."""
-    mine = annotations(me)
+    mine = annotations_of(me)
     app, release = mine.get(APP), mine.get(RELEASE)
     if not app:
         return GroupGate()
@@ -53,7 +53,7 @@ def gate(me: Mapping[str, Any], peers: Iterable[Mapping[str, Any]]) -> GroupGate
     for peer in members(peers, app):
         if name_of(peer) == name_of(me):
             continue
-        theirs = annotations(peer)
+        theirs = annotations_of(peer)
         rollout = Rollout.from_annotation(theirs.get(ROLLOUT))
         on_release = rollout if rollout is not None and rollout.release == release else None
         if on_release is not None and on_release.phase in ABANDONED_PHASES:

@@ -12,7 +12,7 @@ from customer_friendly.contract.settings import Refusal, opted_in
 Obj = dict[str, Any]
 
 
-def annotations(obj: Mapping[str, Any]) -> dict[str, str]:
+def annotations_of(obj: Mapping[str, Any]) -> dict[str, str]:
     return (obj.get("metadata") or {}).get("annotations") or {}
 
 
@@ -31,7 +31,7 @@ def enabled(annotations: Mapping[str, str] | None) -> bool:
 
 def is_opted_in(obj: Mapping[str, Any]) -> bool:
     """A Deployment (as a dict) that is opted in: `enabled` on its annotations."""
-    return enabled(annotations(obj))
+    return enabled(annotations_of(obj))
 
 
 def label_selector(match_labels: Mapping[str, str]) -> str:

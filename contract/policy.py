@@ -181,7 +181,7 @@ def _canonical(p: Policy, key: str, accepts: str,
         problem = check(item)
         if problem:
             raise _fail(key, f"{accepts}: {problem}", _short(item, key))
-        ident = item.get("mountPath") if key == "agentVolumeMounts" else item.get("name")
+        ident = str(item.get("mountPath") if key == "agentVolumeMounts" else item.get("name"))
         if ident in seen:
             raise _fail(key, f"{accepts}: {ident} appears twice", _short(item, key))
         seen.add(ident)
@@ -247,49 +247,80 @@ def is_mount_path(path: str) -> bool:
     return path.startswith("/") and posixpath.normpath(path) == path and path != "/" and "//" not in path
 
 
+def _require(ok: bool, key: str, accepts: str, value: object) -> None:
+    """Raise the error for `key` unless `ok`: one line per rule keeps each validator flat."""
+    if not ok:
+        raise _fail(key, accepts, value)
+
+
 def _validate(p: Policy) -> None:
-    if not p.agent_image:
-        raise _fail("agentImage", "a container image reference", p.agent_image)
-    if p.agent_image_pull_policy not in ("Always", "IfNotPresent", "Never"):
-        raise _fail("agentImagePullPolicy", "Always, IfNotPresent or Never", p.agent_image_pull_policy)
-    if not 1 <= p.agent_port <= 65535:
-        raise _fail("agentPort", "a port number from 1 to 65535", p.agent_port)
-    if p.agent_client_ca and "BEGIN CERTIFICATE" not in p.agent_client_ca:
-        raise _fail("agentClientCA", "a PEM certificate bundle", "<not PEM>")
+    """Check every value; the groups run in a fixed order, so the error for a policy is stable."""
+    _validate_agent(p)
+    _validate_quantities(p)
+    _validate_restart(p)
+    _validate_rollout(p)
+    _validate_volume(p)
+    _validate_sources(p)
+
+
+def _validate_agent(p: Policy) -> None:
+    """The agent container's image, pull policy, port and client CA."""
+    _require(bool(p.agent_image), "agentImage", "a container image reference", p.agent_image)
+    _require(p.agent_image_pull_policy in ("Always", "IfNotPresent", "Never"), "agentImagePullPolicy",
+             "Always, IfNotPresent or Never", p.agent_image_pull_policy)
+    _require(1 <= p.agent_port <= 65535, "agentPort", "a port number from 1 to 65535", p.agent_port)
+    _require(not p.agent_client_ca or "BEGIN CERTIFICATE" in p.agent_client_ca, "agentClientCA",
+             "a PEM certificate bundle", "<not PEM>")
+
+
+def _is_quantity(key: str, value: str) -> bool:
+    """A Kubernetes quantity; agentCpuRequest alone also takes millicores (such as 10m)."""
+    return bool(_QUANTITY.match(value)) or (key == "agentCpuRequest" and bool(re.match(r"^[0-9]+m$", value)))
+
+
+def _validate_quantities(p: Policy) -> None:
+    """Resource requests, limits and volume sizes, in one loop since they share a message."""
     for key in ("agentCpuRequest", "agentMemoryRequest", "agentMemoryLimit", "volumeSize", "emptyDirSizeLimit"):
         value = getattr(p, field_name(key))
-        if not _QUANTITY.match(value) and not (key == "agentCpuRequest" and re.match(r"^[0-9]+m$", value)):
-            raise _fail(key, "a Kubernetes quantity such as 64Mi or 1Gi", value)
-    if not is_restart_mode(p.restart):
-        raise _fail("restart", RESTART_ACCEPTS, p.restart)
-    if not 0 <= p.max_pre_stop_seconds <= 3600:
-        raise _fail("maxPreStopSeconds", "whole seconds from 0 to 3600", p.max_pre_stop_seconds)
-    if not 0 <= p.pre_stop_seconds <= p.max_pre_stop_seconds:
-        raise _fail("preStopSeconds", f"whole seconds from 0 to maxPreStopSeconds ({p.max_pre_stop_seconds})",
-                    p.pre_stop_seconds)
-    if not 1 <= p.max_max_request_seconds <= 86400:
-        raise _fail("maxMaxRequestSeconds", "whole seconds from 1 to 86400", p.max_max_request_seconds)
-    if not 1 <= p.max_request_seconds <= p.max_max_request_seconds:
-        raise _fail("maxRequestSeconds",
-                    f"whole seconds from 1 to maxMaxRequestSeconds ({p.max_max_request_seconds})",
-                    p.max_request_seconds)
-    if not 0 <= p.grace_margin_seconds <= 600:
-        raise _fail("graceMarginSeconds", "whole seconds from 0 to 600", p.grace_margin_seconds)
-    if parse_max_unavailable(p.max_unavailable) is None:
-        raise _fail("maxUnavailable", "a whole number of pods (N >= 1) or a percentage (1% to 100%)",
-                    p.max_unavailable)
-    if p.canary < 0:
-        raise _fail("canary", "a whole number of pods, 0 or more", p.canary)
-    if p.volume not in VOLUME_KINDS:
-        raise _fail("volume", " or ".join(VOLUME_KINDS), p.volume)
-    if not DNS_SUBDOMAIN.match(p.storage_class):
-        raise _fail("storageClass", "a StorageClass name (lower-case DNS subdomain)", p.storage_class)
-    if not 1 <= p.keep_releases <= 50:
-        raise _fail("keepReleases", "a whole number from 1 to 50", p.keep_releases)
+        _require(_is_quantity(key, value), key, "a Kubernetes quantity such as 64Mi or 1Gi", value)
+
+
+def _validate_restart(p: Policy) -> None:
+    """The restart mode and its timing bounds; each default must lie within its own bound."""
+    _require(is_restart_mode(p.restart), "restart", RESTART_ACCEPTS, p.restart)
+    _require(0 <= p.max_pre_stop_seconds <= 3600, "maxPreStopSeconds", "whole seconds from 0 to 3600",
+             p.max_pre_stop_seconds)
+    _require(0 <= p.pre_stop_seconds <= p.max_pre_stop_seconds, "preStopSeconds",
+             f"whole seconds from 0 to maxPreStopSeconds ({p.max_pre_stop_seconds})", p.pre_stop_seconds)
+    _require(1 <= p.max_max_request_seconds <= 86400, "maxMaxRequestSeconds", "whole seconds from 1 to 86400",
+             p.max_max_request_seconds)
+    _require(1 <= p.max_request_seconds <= p.max_max_request_seconds, "maxRequestSeconds",
+             f"whole seconds from 1 to maxMaxRequestSeconds ({p.max_max_request_seconds})",
+             p.max_request_seconds)
+    _require(0 <= p.grace_margin_seconds <= 600, "graceMarginSeconds", "whole seconds from 0 to 600",
+             p.grace_margin_seconds)
+
+
+def _validate_rollout(p: Policy) -> None:
+    """How many pods a rollout takes down at once, and how many go first."""
+    _require(parse_max_unavailable(p.max_unavailable) is not None, "maxUnavailable",
+             "a whole number of pods (N >= 1) or a percentage (1% to 100%)", p.max_unavailable)
+    _require(p.canary >= 0, "canary", "a whole number of pods, 0 or more", p.canary)
+
+
+def _validate_volume(p: Policy) -> None:
+    """The code volume: its kind, storage class and how many releases it keeps."""
+    _require(p.volume in VOLUME_KINDS, "volume", " or ".join(VOLUME_KINDS), p.volume)
+    _require(bool(DNS_SUBDOMAIN.match(p.storage_class)), "storageClass",
+             "a StorageClass name (lower-case DNS subdomain)", p.storage_class)
+    _require(1 <= p.keep_releases <= 50, "keepReleases", "a whole number from 1 to 50", p.keep_releases)
+
+
+def _validate_sources(p: Policy) -> None:
+    """Each allowed source prefix starts with a release source scheme (s3://, https:// or file://)."""
     for prefix in p.allowed_source_prefixes:
-        if not prefix.startswith(SOURCE_SCHEMES):
-            raise _fail("allowedSourcePrefixes", "URI prefixes starting with " + ", ".join(SOURCE_SCHEMES),
-                        prefix)
+        _require(prefix.startswith(SOURCE_SCHEMES), "allowedSourcePrefixes",
+                 "URI prefixes starting with " + ", ".join(SOURCE_SCHEMES), prefix)
 
 
 def parse_max_unavailable(value: str) -> tuple[int, bool] | None:
@@ -347,7 +378,7 @@ def policy_from_mapping(data: Mapping[str, object]) -> Policy:
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise PolicyError(f"unknown policy key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(_FIELDS))}")
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for key, raw in data.items():
         kind = _FIELDS[key].type
         if key in _OBJECT_LISTS:
@@ -358,7 +389,7 @@ def policy_from_mapping(data: Mapping[str, object]) -> Policy:
             values[field_name(key)] = tuple(str(item) for item in raw)
         else:
             values[field_name(key)] = _coerce(key, str(raw), kind)
-    return Policy(**values)  # type: ignore[arg-type]
+    return Policy(**values)
 
 
 def policy_to_mapping(policy: Policy) -> dict[str, str]:
@@ -392,5 +423,5 @@ def read_policy_path(path: Path) -> Policy:
     return policy_from_mapping(data)
 
 
-def replace(policy: Policy, **changes: object) -> Policy:
-    return dataclasses.replace(policy, **changes)  # type: ignore[arg-type]
+def replace(policy: Policy, **changes: Any) -> Policy:
+    return dataclasses.replace(policy, **changes)

@@ -12,7 +12,7 @@ import heapq
 import ipaddress
 import posixpath
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -140,48 +140,77 @@ def _valid_authority(netloc: str) -> bool:
     return port is None or (_PORT.fullmatch(port) is not None and 1 <= int(port) <= 65535)
 
 
-def _source_problem(source: str) -> str | None:
-    """What is wrong with a release URI template (never the policy's part), or None."""
-    template = f"a URI template containing {c.RELEASE_PLACEHOLDER}, which is replaced by the release id"
+_TEMPLATE = f"a URI template containing {c.RELEASE_PLACEHOLDER}, which is replaced by the release id"
+"""What a release source accepts; most source messages extend it."""
+
+
+def _source_text_problem(source: str) -> str | None:
+    """The checks every scheme shares: length, scheme, characters, no fragment, the placeholder."""
     if len(source) > MAX_SOURCE_LENGTH:
-        return f"{template}, at most {MAX_SOURCE_LENGTH} characters"
+        return f"{_TEMPLATE}, at most {MAX_SOURCE_LENGTH} characters"
     if not source.startswith(c.SOURCE_SCHEMES):
         return "a URI starting with " + ", ".join(c.SOURCE_SCHEMES) + f" and containing {c.RELEASE_PLACEHOLDER}"
     decoded = unquote(source)
     if not _printable(source) or not _printable(decoded) or "\\" in decoded:
-        return f"{template}, without control characters, line breaks, invisible characters or backslashes"
+        return f"{_TEMPLATE}, without control characters, line breaks, invisible characters or backslashes"
     if "#" in source:
-        return f"{template}, without a fragment ('#'), which no download would send"
+        return f"{_TEMPLATE}, without a fragment ('#'), which no download would send"
     if c.RELEASE_PLACEHOLDER not in source:
-        return template
-    scheme, rest = source.split("://", 1)
-    if scheme == "s3":
-        bucket, _, key = rest.partition("/")
-        if not _S3_BUCKET.fullmatch(bucket) or ".." in bucket:
-            return ("s3://BUCKET/KEY with a bucket name of 3 to 63 lower-case letters, digits, '.' and '-' "
-                    f"and a key containing {c.RELEASE_PLACEHOLDER}")
-        if c.RELEASE_PLACEHOLDER not in key:
-            return f"s3://BUCKET/KEY with {c.RELEASE_PLACEHOLDER} in the key, not in the bucket name"
-        path = key
-    elif scheme == "https":
-        try:
-            parts = urlsplit(source)
-        except ValueError:
-            return f"https://HOST/PATH with a valid host name and {c.RELEASE_PLACEHOLDER} in the path"
-        if "@" in parts.netloc:
-            return ("https://HOST/PATH without a user name or password (give credentials to the agent "
-                    "through the policy's agentEnv)")
-        if not _valid_authority(parts.netloc):
-            return (f"https://HOST/PATH with a host name (or IP address, optionally :port) and "
-                    f"{c.RELEASE_PLACEHOLDER} in the path or query")
-        path = parts.path
-    else:  # file
-        authority, slash, path = rest.partition("/")
-        path = slash + path
-        if authority not in ("", "localhost") or not path.startswith("/") or "//" in path:
-            return f"file:///ABSOLUTE/PATH (three slashes) with {c.RELEASE_PLACEHOLDER} in the file name"
+        return _TEMPLATE
+    return None
+
+
+def _s3_path(source: str) -> tuple[str | None, str]:
+    """(problem, "") for a bad s3:// source, else (None, its key) for the shared path checks."""
+    bucket, _, key = source.split("://", 1)[1].partition("/")
+    if not _S3_BUCKET.fullmatch(bucket) or ".." in bucket:
+        return ("s3://BUCKET/KEY with a bucket name of 3 to 63 lower-case letters, digits, '.' and '-' "
+                f"and a key containing {c.RELEASE_PLACEHOLDER}"), ""
+    if c.RELEASE_PLACEHOLDER not in key:
+        return f"s3://BUCKET/KEY with {c.RELEASE_PLACEHOLDER} in the key, not in the bucket name", ""
+    return None, key
+
+
+def _https_path(source: str) -> tuple[str | None, str]:
+    """(problem, "") for a bad https:// source, else (None, its path) for the shared path checks."""
+    try:
+        parts = urlsplit(source)
+    except ValueError:
+        return f"https://HOST/PATH with a valid host name and {c.RELEASE_PLACEHOLDER} in the path", ""
+    if "@" in parts.netloc:
+        return ("https://HOST/PATH without a user name or password (give credentials to the agent "
+                "through the policy's agentEnv)"), ""
+    if not _valid_authority(parts.netloc):
+        return (f"https://HOST/PATH with a host name (or IP address, optionally :port) and "
+                f"{c.RELEASE_PLACEHOLDER} in the path or query"), ""
+    return None, parts.path
+
+
+def _file_path(source: str) -> tuple[str | None, str]:
+    """(problem, "") for a bad file:// source, else (None, its path) for the shared path checks."""
+    authority, slash, path = source.split("://", 1)[1].partition("/")
+    path = slash + path
+    if authority not in ("", "localhost") or not path.startswith("/") or "//" in path:
+        return f"file:///ABSOLUTE/PATH (three slashes) with {c.RELEASE_PLACEHOLDER} in the file name", ""
+    return None, path
+
+
+_SCHEME_PATHS: dict[str, Callable[[str], tuple[str | None, str]]] = {"s3": _s3_path, "https": _https_path,
+                                                                     "file": _file_path}
+"""Each scheme's own checks, returning (problem, path); the path then gets the shared checks."""
+
+
+def _source_problem(source: str) -> str | None:
+    """What is wrong with a release URI template (never the policy's part), or None."""
+    problem = _source_text_problem(source)
+    if problem:
+        return problem
+    scheme = source.split("://", 1)[0]
+    problem, path = _SCHEME_PATHS.get(scheme, _file_path)(source)
+    if problem:
+        return problem
     if any(segment in (".", "..") for segment in unquote(path).split("/")):
-        return f"{template}, without '.' or '..' path segments"
+        return f"{_TEMPLATE}, without '.' or '..' path segments"
     return None
 
 
@@ -258,61 +287,12 @@ def check_process_pattern(pattern: str) -> None:
 
 def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: Policy) -> ReleaseSettings:
     """ReleaseSettings for an opted-in Deployment; raises Refusal for anything invalid."""
-    release = annotations.get(c.RELEASE, "")
-    if not release:
-        raise Refusal(f"annotation {c.RELEASE} is required when {c.ENABLED} is \"true\": "
-                      "set it to the release id to serve, such as v42")
-    if not c.is_release_id(release):
-        raise _refuse(c.RELEASE, release, "a release id matching " + c.RELEASE_ID_PATTERN
-                      + " (letters, digits, '.', '_' and '-', at most 63 characters)")
-    source = annotations.get(c.SOURCE, "")
-    if not source:
-        raise Refusal(f"annotation {c.SOURCE} is required when {c.ENABLED} is \"true\": set it to a "
-                      f"release URI template such as s3://bucket/app/{c.RELEASE_PLACEHOLDER}.tar.gz")
-    check_source(source, policy)
-
-    if not containers:
-        raise Refusal("the pod template has no containers")
-    container = annotations.get(c.CONTAINER, containers[0])
-    if container not in containers:
-        raise _refuse(c.CONTAINER, container, "the name of one of the pod template's containers: "
-                      + show_names(containers))
-    code_path = annotations.get(c.CODE_PATH, "/app")
-    check_code_path(code_path)
-
-    restart = annotations.get(c.RESTART, policy.restart)
-    if not c.is_restart_mode(restart):
-        raise _refuse(c.RESTART, restart, c.RESTART_ACCEPTS)
-    role = annotations.get(c.ROLE)
-    if role is not None and role not in c.ROLES:
-        raise _refuse(c.ROLE, role, "web, worker or cron")
-    app = annotations.get(c.APP)
-    if app is not None and not DNS_SUBDOMAIN.match(app):
-        raise _refuse(c.APP, app, "an app name (lower-case letters, digits, '-' and '.')")
-    quiet = annotations.get(c.QUIET_SIGNAL, "TSTP")
-    if quiet not in c.SIGNAL_NAMES:
-        raise _refuse(c.QUIET_SIGNAL, quiet, "a signal name: " + ", ".join(c.SIGNAL_NAMES))
-    pattern = annotations.get(c.PROCESS)
-    if pattern is not None:
-        check_process_pattern(pattern)
-    max_unavailable = annotations.get(c.MAX_UNAVAILABLE, policy.max_unavailable)
-    if parse_max_unavailable(max_unavailable) is None:
-        raise _refuse(c.MAX_UNAVAILABLE, max_unavailable,
-                      "a whole number of pods (N >= 1) or a percentage (1% to 100%)")
-    canary_raw = annotations.get(c.CANARY)
-    canary = policy.canary if canary_raw is None else whole_number(canary_raw)
-    if canary is None or canary > MAX_PODS:
-        raise _refuse(c.CANARY, str(canary_raw), f"a whole number of pods, 0 or more (at most {MAX_PODS})")
-    volume = annotations.get(c.VOLUME, policy.volume)
-    if volume not in c.VOLUME_KINDS:
-        raise _refuse(c.VOLUME, volume, "efs (a per-pod EFS access point) or emptyDir")
-    storage_class = annotations.get(c.STORAGE_CLASS, policy.storage_class)
-    if not DNS_SUBDOMAIN.match(storage_class):
-        raise _refuse(c.STORAGE_CLASS, storage_class, "a StorageClass name (lower-case DNS subdomain)")
-
-    migrate = annotations.get(c.MIGRATE)
-    if migrate is not None and not migrate.strip():
-        raise _refuse(c.MIGRATE, migrate, "a shell command such as 'bin/rails db:migrate'")
+    release, source = _release_and_source(annotations, policy)
+    container, code_path = _container_and_code_path(annotations, containers)
+    restart, quiet, pattern = _process_control(annotations, policy)
+    max_unavailable, canary = _pacing(annotations, policy)
+    volume, storage_class = _volume_and_storage_class(annotations, policy)
+    migrate = _migrate(annotations)
     return ReleaseSettings(
         release=release,
         source=source,
@@ -334,6 +314,93 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
         quiet_signal=quiet,
         drain_seconds=_seconds(annotations, c.DRAIN_SECONDS, 30, 0, 3600),
     )
+
+
+def _release_and_source(annotations: Mapping[str, str], policy: Policy) -> tuple[str, str]:
+    """The release id and the URI template it is fetched from, both required."""
+    release = annotations.get(c.RELEASE, "")
+    if not release:
+        raise Refusal(f"annotation {c.RELEASE} is required when {c.ENABLED} is \"true\": "
+                      "set it to the release id to serve, such as v42")
+    if not c.is_release_id(release):
+        raise _refuse(c.RELEASE, release, "a release id matching " + c.RELEASE_ID_PATTERN
+                      + " (letters, digits, '.', '_' and '-', at most 63 characters)")
+    source = annotations.get(c.SOURCE, "")
+    if not source:
+        raise Refusal(f"annotation {c.SOURCE} is required when {c.ENABLED} is \"true\": set it to a "
+                      f"release URI template such as s3://bucket/app/{c.RELEASE_PLACEHOLDER}.tar.gz")
+    check_source(source, policy)
+    return release, source
+
+
+def _container_and_code_path(annotations: Mapping[str, str], containers: Sequence[str]) -> tuple[str, str]:
+    """The app container (the first one by default) and where the code volume is mounted in it."""
+    if not containers:
+        raise Refusal("the pod template has no containers")
+    container = annotations.get(c.CONTAINER, containers[0])
+    if container not in containers:
+        raise _refuse(c.CONTAINER, container, "the name of one of the pod template's containers: "
+                      + show_names(containers))
+    code_path = annotations.get(c.CODE_PATH, "/app")
+    check_code_path(code_path)
+    return container, code_path
+
+
+def _process_control(annotations: Mapping[str, str], policy: Policy) -> tuple[str, str, str | None]:
+    """How the app's processes are restarted: (restart mode, quiet signal, process pattern)."""
+    restart = annotations.get(c.RESTART, policy.restart)
+    if not c.is_restart_mode(restart):
+        raise _refuse(c.RESTART, restart, c.RESTART_ACCEPTS)
+    _check_role_and_app(annotations)
+    quiet = annotations.get(c.QUIET_SIGNAL, "TSTP")
+    if quiet not in c.SIGNAL_NAMES:
+        raise _refuse(c.QUIET_SIGNAL, quiet, "a signal name: " + ", ".join(c.SIGNAL_NAMES))
+    pattern = annotations.get(c.PROCESS)
+    if pattern is not None:
+        check_process_pattern(pattern)
+    return restart, quiet, pattern
+
+
+def _check_role_and_app(annotations: Mapping[str, str]) -> None:
+    """Role and app are checked here but not kept: other readers take them from the annotations."""
+    role = annotations.get(c.ROLE)
+    if role is not None and role not in c.ROLES:
+        raise _refuse(c.ROLE, role, "web, worker or cron")
+    app = annotations.get(c.APP)
+    if app is not None and not DNS_SUBDOMAIN.match(app):
+        raise _refuse(c.APP, app, "an app name (lower-case letters, digits, '-' and '.')")
+
+
+def _pacing(annotations: Mapping[str, str], policy: Policy) -> tuple[str, int]:
+    """How fast a rollout goes: (max-unavailable, canary pod count)."""
+    max_unavailable = annotations.get(c.MAX_UNAVAILABLE, policy.max_unavailable)
+    if parse_max_unavailable(max_unavailable) is None:
+        raise _refuse(c.MAX_UNAVAILABLE, max_unavailable,
+                      "a whole number of pods (N >= 1) or a percentage (1% to 100%)")
+    canary_raw = annotations.get(c.CANARY)
+    canary = policy.canary if canary_raw is None else whole_number(canary_raw)
+    if canary is None or canary > MAX_PODS:
+        raise _refuse(c.CANARY, str(canary_raw), f"a whole number of pods, 0 or more (at most {MAX_PODS})")
+    return max_unavailable, canary
+
+
+def _volume_and_storage_class(annotations: Mapping[str, str], policy: Policy) -> tuple[str, str]:
+    """The code volume's kind and the StorageClass its claim uses."""
+    volume = annotations.get(c.VOLUME, policy.volume)
+    if volume not in c.VOLUME_KINDS:
+        raise _refuse(c.VOLUME, volume, "efs (a per-pod EFS access point) or emptyDir")
+    storage_class = annotations.get(c.STORAGE_CLASS, policy.storage_class)
+    if not DNS_SUBDOMAIN.match(storage_class):
+        raise _refuse(c.STORAGE_CLASS, storage_class, "a StorageClass name (lower-case DNS subdomain)")
+    return volume, storage_class
+
+
+def _migrate(annotations: Mapping[str, str]) -> str | None:
+    """The migration command, if any; a blank one is refused rather than run."""
+    migrate = annotations.get(c.MIGRATE)
+    if migrate is not None and not migrate.strip():
+        raise _refuse(c.MIGRATE, migrate, "a shell command such as 'bin/rails db:migrate'")
+    return migrate
 
 
 MAX_UNKNOWN_WARNINGS = 10

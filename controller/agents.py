@@ -2,7 +2,7 @@
 
 The controller proves who it is with its client certificate (the agents accept that identity
 only). The other direction is harder, and this is what we chose and why (the full threat model
-is in docs-pending/agent-identity.md):
+is in README, "How the controller knows it reached the agent"):
 
 - An agent's serving key is made in memory at each start and never written (the code volume
   is the app's, and the controller may not read Secrets across namespaces, so no key issued by

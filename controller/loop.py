@@ -74,6 +74,42 @@ def _opted_in(obj: Any) -> bool:
     return enabled((obj.metadata.annotations or {}) if obj.metadata else {})
 
 
+class _Waker:
+    """Enqueues a changed Deployment, and the other members of its app group, which wait on it."""
+
+    def __init__(self, enqueue: Callable[[Key], None]) -> None:
+        self.enqueue = enqueue
+        self.groups: dict[tuple[str, str], set[Key]] = {}
+
+    def seen(self, obj: Any) -> None:
+        key = (obj.metadata.namespace, obj.metadata.name)
+        app = (obj.metadata.annotations or {}).get(c.APP)
+        peers: set[Key] = set()
+        if app:
+            peers = self.groups.setdefault((key[0], app), set())
+            peers.add(key)
+        self.enqueue(key)
+        for peer in sorted(peers - {key}):
+            self.enqueue(peer)
+
+
+def _list_then_watch(apps: client.AppsV1Api, waker: _Waker, stop: threading.Event) -> None:
+    """One list and the watch from its resourceVersion, until the stream ends or `stop` is set."""
+    listed = apps.list_deployment_for_all_namespaces()
+    for item in listed.items:
+        if _opted_in(item):
+            waker.seen(item)
+    stream = watch.Watch()
+    version = listed.metadata.resource_version
+    for event in stream.stream(apps.list_deployment_for_all_namespaces, resource_version=version,
+                               allow_watch_bookmarks=True, timeout_seconds=60):
+        if stop.is_set():
+            stream.stop()
+            return
+        if event["type"] != "BOOKMARK" and (_opted_in(event["object"]) or event["type"] == "DELETED"):
+            waker.seen(event["object"])
+
+
 def watch_deployments(apps: client.AppsV1Api, enqueue: Callable[[Key], None], stop: threading.Event,
                       max_iterations: int | None = None) -> None:
     """List, then watch; 410 or a broken stream go back to listing. `max_iterations` is for tests.
@@ -81,38 +117,11 @@ def watch_deployments(apps: client.AppsV1Api, enqueue: Callable[[Key], None], st
     A change to one Deployment of an app group also wakes the others: they wait on each other.
     """
     iterations = 0
-    groups: dict[tuple[str, str], set[Key]] = {}
-
-    def seen(obj: Any) -> None:
-        key = (obj.metadata.namespace, obj.metadata.name)
-        app = (obj.metadata.annotations or {}).get(c.APP)
-        peers: set[Key] = set()
-        if app:
-            peers = groups.setdefault((key[0], app), set())
-            peers.add(key)
-        enqueue(key)
-        for peer in sorted(peers - {key}):
-            enqueue(peer)
-
+    waker = _Waker(enqueue)
     while not stop.is_set() and (max_iterations is None or iterations < max_iterations):
         iterations += 1
         try:
-            listed = apps.list_deployment_for_all_namespaces()
-            for item in listed.items:
-                if _opted_in(item):
-                    seen(item)
-            version = listed.metadata.resource_version
-            stream = watch.Watch()
-            for event in stream.stream(apps.list_deployment_for_all_namespaces, resource_version=version,
-                                       allow_watch_bookmarks=True, timeout_seconds=60):
-                if stop.is_set():
-                    stream.stop()
-                    break
-                obj = event["object"]
-                if event["type"] == "BOOKMARK":
-                    continue
-                if _opted_in(obj) or event["type"] == "DELETED":
-                    seen(obj)
+            _list_then_watch(apps, waker, stop)
         except ApiException as err:
             if err.status != 410:
                 logger.warning("watch failed (%s); listing again in 1s", err.reason)

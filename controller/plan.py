@@ -5,16 +5,31 @@ a crash is in what the plan reads back: the rollout annotation on the Deployment
 records a batch *before* its agents are asked), the pods' release annotations, and what
 the agents of the batch report. An agent whose status already shows the batch's release as
 its target is never asked again, so no pod is signalled twice for one release.
+
+`plan()` only dispatches; each regime the observed state can be in is its own function:
+starting a rollout (`_start_if_wanted`, `_configmap_change`), marking pods that report what they
+serve (`_reported_releases`), a batch in flight (`_collect_batch`), and between batches
+(`_between_batches`, which picks among the app group, the migration, a rollback, a stopped
+rollout, completion, a pause and the next batch). A regime does no I/O: it reads its arguments
+and writes only into the `Actions` it is handed.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
 
-from customer_friendly.contract.agent_api import RUNNING_STATES, AgentStatus
-from customer_friendly.contract.rollout import COMPLETE, FAILED, PAUSED, PROGRESSING, ROLLED_BACK, Rollout
+from customer_friendly.contract.agent_api import DONE, IDLE, RUNNING_STATES, AgentStatus
+from customer_friendly.contract.agent_api import FAILED as AGENT_FAILED
+from customer_friendly.contract.rollout import (
+    ABANDONED_PHASES,
+    COMPLETE,
+    FAILED,
+    PAUSED,
+    PROGRESSING,
+    ROLLED_BACK,
+    Rollout,
+)
 
 POLL_SECONDS = 0.25
 """How soon to look at a batch in flight again."""
@@ -113,136 +128,205 @@ def configmap_target(spec: Spec, rollout: Rollout) -> str | None:
     return spec.release
 
 
+Failure = tuple[str, str]
+"""(pod name, or "" when no pod is to blame; why the rollout failed)"""
+
+
+def _serving(pod: PodState, mark: dict[str, str]) -> str | None:
+    """What a pod serves as far as this plan knows: a mark made in this same pass counts, so a
+    pod verified a moment ago is neither asked again nor counted as pending."""
+    return mark.get(pod.name, pod.serving)
+
+
+# --- Regime 1: starting a rollout, and the release ConfigMap ---------------------------------
+
+
+def _wants_restart(spec: Spec, rollout: Rollout) -> bool:
+    """A rollout record is replaced by a fresh one for a new wanted release, or for a new retry
+    token on a release that failed: a failed release is otherwise never tried again by itself."""
+    return rollout.release != spec.release or (
+        rollout.phase in ABANDONED_PHASES and bool(spec.retry) and spec.retry != rollout.retry)
+
+
 def _start(spec: Spec, previous: str | None, now: float) -> Rollout:
     return Rollout(release=spec.release, previous=previous, phase=PROGRESSING, retry=spec.retry, started_at=now,
                    message=f"rolling {spec.release} in place")
 
 
-def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pods: list[PodState],
-         now: float, migration: MigrationView | None = None) -> Actions:
-    actions = Actions()
+def _start_if_wanted(spec: Spec, rollout: Rollout | None, configmap_release: str | None, actions: Actions,
+                     now: float) -> Rollout:
+    """The rollout to plan from: a fresh one when a new release (or a retry) is wanted, else the
+    one read back. Never while a batch is in flight: its agents were asked and must be collected
+    (and marked, or rolled back) first, or a pod would be left moved but unaccounted for.
+
+    The release to fall back to is the one the ConfigMap names (what pods start on now), unless
+    it already names the wanted release (a retry), when the old record's previous one still holds."""
+    if rollout is not None and (rollout.batch or not _wants_restart(spec, rollout)):
+        return rollout
+    previous = configmap_release if configmap_release != spec.release else (rollout.previous if rollout else None)
+    origin = f"from {previous}" if previous else "first release"
+    actions.events.append(Event("RolloutStarted", f"release {spec.release} ({origin}) started"))
+    return _start(spec, previous, now)
+
+
+def _configmap_change(spec: Spec, rollout: Rollout, configmap_release: str | None) -> str | None:
+    """The release to write to the ConfigMap, or None when it already names the right one: pods
+    the ReplicaSet creates start from it, whatever else this pass decides, so it is kept level on
+    every pass rather than moved at chosen moments."""
+    target = configmap_target(spec, rollout)
+    return target if configmap_release != target else None
+
+
+# --- Regime 2: pods that report what they serve ----------------------------------------------
+
+
+def _reported_release(pod: PodState) -> str | None:
+    """The release a running pod's agent says it serves, when the pod's annotation does not say so yet."""
+    agent = pod.agent
+    if pod.ready and agent and agent.state in (IDLE, DONE) and agent.release and pod.serving != agent.release:
+        return agent.release
+    return None
+
+
+def _reported_releases(rollout: Rollout, pods: list[PodState]) -> dict[str, str]:
+    """Marks (pod -> release) for pods whose agents report a release their annotation lacks: pods
+    born from the ConfigMap, or verified late. The pods of a batch in flight are left to the batch,
+    which knows whether what they report is the outcome it waits for."""
+    return {pod.name: release for pod in pods
+            if pod.name not in rollout.batch and (release := _reported_release(pod))}
+
+
+# --- Regime 3: a batch in flight -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """What the agents of a batch in flight report, pod by pod (pods deleted mid-batch are left
+    out: the ReplicaSet replaces them from the ConfigMap)."""
+
+    done: tuple[str, ...] = ()
+    """Serving the batch's release: asked and done, or idle on it (born on it, or restarted after the switch)."""
+    remaining: tuple[str, ...] = ()
+    """Not there yet."""
+    unasked: tuple[str, ...] = ()
+    """Of the remaining, those whose agent was never asked (the controller died between recording and asking)."""
+    failure: Failure | None = None
+    """The last pod whose agent reports it failed to go to the batch's release."""
+
+
+def _batch_release(rollout: Rollout) -> str:
+    """The release a batch in flight moves its pods to. `_ask_batch` always records it; a record
+    without one (edited by hand, or damaged) is read as the release the rollout moves pods to,
+    rather than asking agents for no release at all."""
+    return rollout.batch_release if rollout.batch_release is not None else rollout.wanted
+
+
+def _read_batch(rollout: Rollout, want: str, pods: list[PodState]) -> BatchView:
+    """Sorts the batch's pods by what their agents report. An agent idle on `want` counts as done:
+    a pod born on it, or an agent restarted after its switch, has nothing left to do, and asking
+    it again is a no-op that leaves it idle. A pod is asked (again) only when its agent neither
+    targets nor serves `want` and is not busy, so no pod is signalled twice for one release."""
     by_name = {p.name: p for p in pods}
+    done: list[str] = []
+    remaining: list[str] = []
+    unasked: list[str] = []
+    failure: Failure | None = None
+    for name in rollout.batch:
+        pod = by_name.get(name)
+        if pod is None:
+            continue
+        agent = pod.agent
+        if agent and agent.state in (DONE, IDLE) and agent.release == want:
+            done.append(name)
+        elif agent and agent.state == AGENT_FAILED and agent.target == want:
+            failure = (name, agent.error or "the agent reported failure")
+        else:
+            remaining.append(name)
+            if agent and agent.target != want and agent.release != want and agent.state not in RUNNING_STATES:
+                unasked.append(name)
+    return BatchView(tuple(done), tuple(remaining), tuple(unasked), failure)
 
-    # A new wanted release (or a retry) starts a rollout, but only between batches.
-    fresh = rollout is None or rollout.release != spec.release or (
-        rollout.phase in (FAILED, ROLLED_BACK) and spec.retry and spec.retry != rollout.retry)
-    if fresh and (rollout is None or not rollout.batch):
-        previous = configmap_release if configmap_release != spec.release else (rollout.previous if rollout else None)
-        rollout = _start(spec, previous, now)
-        origin = f"from {previous}" if previous else "first release"
-        actions.events.append(Event("RolloutStarted", f"release {spec.release} ({origin}) started"))
-    assert rollout is not None
 
-    # The release ConfigMap always names the release new pods must start on.
-    if configmap_release != (target := configmap_target(spec, rollout)):
-        actions.configmap_release = target
+def _deadline_failure(spec: Spec, rollout: Rollout, remaining: tuple[str, ...], now: float) -> Failure | None:
+    """A batch that has not finished within its deadline fails on its first unfinished pod: an
+    agent that stopped answering would otherwise hold the rollout forever."""
+    started = rollout.batch_started_at
+    passed = started is not None and now - started > spec.batch_deadline_seconds
+    if not (remaining and passed):
+        return None
+    return (remaining[0], f"did not finish within {spec.batch_deadline_seconds:.0f}s")
 
-    # Pods that report what they serve but carry no annotation yet (new, or verified late).
-    for pod in pods:
-        if pod.ready and pod.agent and pod.agent.state in ("idle", "done") and pod.agent.release \
-                and pod.serving != pod.agent.release and pod.name not in rollout.batch:
-            actions.mark[pod.name] = pod.agent.release
 
-    def serving(pod: PodState) -> str | None:
-        return actions.mark.get(pod.name, pod.serving)
+def _rollback_failed(collected: Rollout, failure: Failure, actions: Actions) -> Actions:
+    """A rollback whose own batch failed stops, loudly, and for good (rolling_back False): retrying
+    it could only fail the same way, and the pods are left for a person to look at."""
+    actions.rollout = replace(collected, phase=FAILED, rolling_back=False,
+                              message=f"rollback failed on pod {failure[0]}: {failure[1]}")
+    actions.ask.clear()  # nothing more is moved once the record says the rollback stopped
+    actions.events.append(Event("RollbackFailed", actions.rollout.message, warning=True))
+    return actions
 
-    # 1. A batch in flight: collect results, resume asking after a crash, watch the deadline.
-    if rollout.batch:
-        remaining, failure = [], None
-        for name in rollout.batch:
-            pod = by_name.get(name)
-            if pod is None:
-                continue  # deleted mid-batch: the ReplicaSet replaces it from the ConfigMap
-            agent, want = pod.agent, rollout.batch_release
-            # idle: the agent started on `want` (a pod born from the ConfigMap, or an agent
-            # restarted after its switch) and a request for it is a no-op that leaves it idle.
-            if agent and agent.state in ("done", "idle") and agent.release == want:
-                actions.mark[name] = want  # type: ignore[assignment]
-            elif agent and agent.state == "failed" and agent.target == want:
-                failure = (name, agent.error or "the agent reported failure")
-            else:
-                remaining.append(name)
-                if agent and agent.target != want and agent.release != want and agent.state not in RUNNING_STATES:
-                    actions.ask[name] = want  # type: ignore[assignment]  # recorded but never asked
-        deadline_passed = rollout.batch_started_at is not None and now - rollout.batch_started_at > \
-            spec.batch_deadline_seconds
-        if failure is None and remaining and deadline_passed:
-            failure = (remaining[0], f"did not finish within {spec.batch_deadline_seconds:.0f}s")
-        updated = sum(1 for p in pods if serving(p) == rollout.release)
-        if failure is not None and not rollout.rolling_back:
-            return _fail(spec, rollout, pods, serving, failure, actions, now)
-        if remaining and failure is None:
-            actions.rollout = replace(rollout, updated=updated, total=len(pods)) if updated != rollout.updated \
-                else None
-            actions.requeue_seconds = POLL_SECONDS
-            return actions
-        rollout = replace(rollout, batch=(), batch_release=None, batch_started_at=None, updated=updated,
-                          total=len(pods))
-        if failure is not None:  # a rollback that itself failed: stop, loudly
-            actions.rollout = replace(rollout, phase=FAILED, rolling_back=False,
-                                      message=f"rollback failed on pod {failure[0]}: {failure[1]}")
-            actions.events.append(Event("RollbackFailed", actions.rollout.message, warning=True))
-            return actions
-        actions.events.append(Event("BatchDone", f"batch {rollout.batch_number} on {rollout.wanted} done"))
-        if rollout.release != spec.release and not rollout.rolling_back:
-            # Superseded while the batch ran: the next reconcile starts the newest release.
-            actions.rollout = rollout
-            actions.requeue_seconds = 0.0
-            return actions
 
-    # 2. Between batches. An app group fails together and goes in order; a release with a
-    # migration first waits for its Job.
-    live = rollout.phase not in (FAILED, ROLLED_BACK) and not rollout.rolling_back and rollout.release == spec.release
-    if live and spec.group_failure:
-        moved = any(serving(p) == rollout.release for p in pods)
-        if moved:
-            return _fail(spec, rollout, pods, serving, ("", f"app group: {spec.group_failure}"), actions, now)
-        reason = f"app group: {spec.group_failure}"
-        actions.rollout = replace(rollout, phase=FAILED, reason=reason, message=f"{reason}; not started")
-        actions.events.append(Event("RolloutFailed", actions.rollout.message, warning=True))
-        return actions
-    if live and spec.group_block and rollout.batch_number == 0:
-        message = f"waiting for {spec.group_block}"
-        actions.rollout = replace(rollout, message=message) if rollout.message != message else None
-        actions.requeue_seconds = 1.0
-        return actions
-    if rollout.phase not in (FAILED, ROLLED_BACK) and migration_pending(spec, rollout):
-        return _migrate(spec, rollout, migration, actions)
-    if rollout.rolling_back:
-        back = [p for p in pods if p.ready and serving(p) != rollout.previous]
-        if not back:
-            actions.rollout = replace(rollout, phase=ROLLED_BACK, rolling_back=False,
-                                      message=f"rolled back to {rollout.previous} after "
-                                      + (f"pod {rollout.failed_pod} failed: " if rollout.failed_pod else "")
-                                      + str(rollout.reason))
-            actions.events.append(Event("RolledBack", actions.rollout.message, warning=True))
-            return actions
-        return _ask_batch(rollout, back, len(back), rollout.previous, actions, now)  # type: ignore[arg-type]
-    if rollout.phase in (FAILED, ROLLED_BACK):
-        actions.rollout = rollout if actions.mark else None
-        return actions
-    pending = sorted((p for p in pods if p.ready and serving(p) != spec.release), key=lambda p: p.name)
-    updated = sum(1 for p in pods if serving(p) == spec.release)
-    if not pending:
-        waiting = [p.name for p in pods if not p.ready]
-        message = f"all {updated} running pods serve {spec.release}" + (
-            f"; {len(waiting)} not running yet start on it from the ConfigMap" if waiting else "")
-        done = replace(rollout, phase=COMPLETE, updated=updated, total=len(pods), message=message)
-        if rollout.phase != COMPLETE:
-            actions.events.append(Event("RolloutComplete", message))
-        actions.rollout = done if done != rollout else None
-        return actions
-    if spec.paused:
-        paused = replace(rollout, phase=PAUSED, updated=updated, total=len(pods),
-                         message=f"paused after {updated} of {len(pods)} pods")
-        actions.rollout = paused if paused != rollout else None
-        return actions
-    first = updated == 0 and rollout.batch_number == 0
-    rollout = replace(rollout, phase=PROGRESSING, updated=updated, total=len(pods))
-    return _ask_batch(rollout, pending, batch_size(spec, first), spec.release, actions, now)
+def _collect_batch(spec: Spec, rollout: Rollout, pods: list[PodState], actions: Actions, now: float) -> Rollout | None:
+    """A batch in flight: marks its pods that are done, asks those recorded but never asked
+    (a crash between the annotation and the ask), and watches the deadline. Returns the rollout
+    with the batch collected when the plan goes on between batches, or None when this pass ends
+    here: the batch still runs, it failed (`_fail` rolls back what moved; a failed rollback
+    stops), or a newer release superseded it (the next pass starts that one from a clean record)."""
+    want = _batch_release(rollout)
+    view = _read_batch(rollout, want, pods)
+    actions.mark.update(dict.fromkeys(view.done, want))
+    actions.ask.update(dict.fromkeys(view.unasked, want))
+    failure = view.failure or _deadline_failure(spec, rollout, view.remaining, now)
+    updated = sum(1 for p in pods if _serving(p, actions.mark) == rollout.release)
+    if failure is not None and not rollout.rolling_back:
+        _fail(spec, rollout, pods, failure, actions, now)
+        return None
+    if view.remaining and failure is None:
+        actions.rollout = replace(rollout, updated=updated, total=len(pods)) if updated != rollout.updated else None
+        actions.requeue_seconds = POLL_SECONDS
+        return None
+    collected = replace(rollout, batch=(), batch_release=None, batch_started_at=None, updated=updated,
+                        total=len(pods))
+    if failure is not None:
+        _rollback_failed(collected, failure, actions)
+        return None
+    actions.events.append(Event("BatchDone", f"batch {collected.batch_number} on {collected.wanted} done"))
+    if collected.release != spec.release and not collected.rolling_back:
+        actions.rollout = collected
+        actions.requeue_seconds = 0.0
+        return None
+    return collected
+
+
+# --- Regime 4: between batches ---------------------------------------------------------------
+
+
+def _group_failed(spec: Spec, rollout: Rollout, pods: list[PodState], group_failure: str, actions: Actions,
+                  now: float) -> Actions:
+    """An app group fails together: when another Deployment of the group failed on this release,
+    this one rolls back what moved, or, when nothing moved yet, fails without touching a pod."""
+    reason = f"app group: {group_failure}"
+    if any(_serving(p, actions.mark) == rollout.release for p in pods):
+        return _fail(spec, rollout, pods, ("", reason), actions, now)
+    actions.rollout = replace(rollout, phase=FAILED, reason=reason, message=f"{reason}; not started")
+    actions.events.append(Event("RolloutFailed", actions.rollout.message, warning=True))
+    return actions
+
+
+def _wait_for_group(rollout: Rollout, group_block: str, actions: Actions) -> Actions:
+    """An app group goes in order (web before workers before cron): a later role does not start
+    until the earlier ones are done, and says what it waits for. The record is rewritten only
+    when that changes; the group's peers wake this one, the requeue is the backstop."""
+    message = f"waiting for {group_block}"
+    actions.rollout = replace(rollout, message=message) if rollout.message != message else None
+    actions.requeue_seconds = 1.0
+    return actions
 
 
 def _migrate(spec: Spec, rollout: Rollout, migration: MigrationView | None, actions: Actions) -> Actions:
+    """A release with a migration moves no pod until its Job succeeded: the new code may need the
+    new schema. Starts the Job, waits for it, and fails the release (no pod touched) when it fails."""
     if migration is None:
         actions.run_migration = spec.release
         actions.rollout = replace(rollout, message=f"migrating: {spec.migrate}")
@@ -263,8 +347,119 @@ def _migrate(spec: Spec, rollout: Rollout, migration: MigrationView | None, acti
     return actions
 
 
+def _roll_back(rollout: Rollout, pods: list[PodState], actions: Actions, now: float) -> Actions:
+    """After a failure, every running pod not on the previous release is asked back to it, in one
+    batch, until none is left; then the rollout ends RolledBack. A record that is rolling back
+    with no previous release (`_fail` never writes one) has nowhere to go: it stops Failed."""
+    previous = rollout.previous
+    if previous is None:
+        actions.rollout = replace(rollout, phase=FAILED, rolling_back=False,
+                                  message=f"no previous release to roll back to: {rollout.reason}")
+        actions.events.append(Event("RollbackFailed", actions.rollout.message, warning=True))
+        return actions
+    back = [p for p in pods if p.ready and _serving(p, actions.mark) != previous]
+    if not back:
+        actions.rollout = replace(rollout, phase=ROLLED_BACK, rolling_back=False,
+                                  message=f"rolled back to {previous} after "
+                                  + (f"pod {rollout.failed_pod} failed: " if rollout.failed_pod else "")
+                                  + str(rollout.reason))
+        actions.events.append(Event("RolledBack", actions.rollout.message, warning=True))
+        return actions
+    return _ask_batch(rollout, back, len(back), previous, actions, now)
+
+
+def _stay_stopped(rollout: Rollout, actions: Actions) -> Actions:
+    """A Failed or RolledBack rollout stays so: a release known to fail is not tried again until
+    a new release or a retry is asked for (`_start_if_wanted`). The record is written back only
+    along with pods marked in this pass."""
+    actions.rollout = rollout if actions.mark else None
+    return actions
+
+
+def _complete(spec: Spec, rollout: Rollout, pods: list[PodState], updated: int, actions: Actions) -> Actions:
+    """Every running pod serves the release: the rollout is Complete. Pods not running yet start
+    on it from the ConfigMap, so they are counted, not waited for. The record is rewritten only
+    when it changes, and the event only when the rollout becomes Complete."""
+    waiting = [p.name for p in pods if not p.ready]
+    message = f"all {updated} running pods serve {spec.release}" + (
+        f"; {len(waiting)} not running yet start on it from the ConfigMap" if waiting else "")
+    done = replace(rollout, phase=COMPLETE, updated=updated, total=len(pods), message=message)
+    if rollout.phase != COMPLETE:
+        actions.events.append(Event("RolloutComplete", message))
+    actions.rollout = done if done != rollout else None
+    return actions
+
+
+def _pause(rollout: Rollout, pods: list[PodState], updated: int, actions: Actions) -> Actions:
+    """A paused rollout starts no batch (one in flight is collected first) and says how far it got;
+    the record is rewritten only when that changes."""
+    paused = replace(rollout, phase=PAUSED, updated=updated, total=len(pods),
+                     message=f"paused after {updated} of {len(pods)} pods")
+    actions.rollout = paused if paused != rollout else None
+    return actions
+
+
+def _next_batch(spec: Spec, rollout: Rollout, pending: list[PodState], pods: list[PodState], updated: int,
+                actions: Actions, now: float) -> Actions:
+    """The next batch of pending pods: the canary while no pod has moved, then max-unavailable."""
+    first = updated == 0 and rollout.batch_number == 0
+    progressing = replace(rollout, phase=PROGRESSING, updated=updated, total=len(pods))
+    return _ask_batch(progressing, pending, batch_size(spec, first), spec.release, actions, now)
+
+
+def _between_batches(spec: Spec, rollout: Rollout, pods: list[PodState], migration: MigrationView | None,
+                     actions: Actions, now: float) -> Actions:
+    """No batch in flight: picks what happens next, in this order of precedence. An app group
+    fails together, then goes in order; a release with a migration waits for it; a rollback goes
+    on until done; a stopped rollout stays stopped; otherwise the rollout completes, stays
+    paused, or starts its next batch."""
+    live = rollout.phase not in ABANDONED_PHASES and not rollout.rolling_back and rollout.release == spec.release
+    if live and spec.group_failure:
+        return _group_failed(spec, rollout, pods, spec.group_failure, actions, now)
+    if live and spec.group_block and rollout.batch_number == 0:
+        return _wait_for_group(rollout, spec.group_block, actions)
+    if rollout.phase not in ABANDONED_PHASES and migration_pending(spec, rollout):
+        return _migrate(spec, rollout, migration, actions)
+    if rollout.rolling_back:
+        return _roll_back(rollout, pods, actions, now)
+    if rollout.phase in ABANDONED_PHASES:
+        return _stay_stopped(rollout, actions)
+    pending = sorted((p for p in pods if p.ready and _serving(p, actions.mark) != spec.release), key=lambda p: p.name)
+    updated = sum(1 for p in pods if _serving(p, actions.mark) == spec.release)
+    if not pending:
+        return _complete(spec, rollout, pods, updated, actions)
+    if spec.paused:
+        return _pause(rollout, pods, updated, actions)
+    return _next_batch(spec, rollout, pending, pods, updated, actions, now)
+
+
+# --- The dispatch ----------------------------------------------------------------------------
+
+
+def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pods: list[PodState],
+         now: float, migration: MigrationView | None = None) -> Actions:
+    """The actions for one reconcile. Only dispatches: the rollout to plan from, the ConfigMap,
+    the pods to mark, then either the batch in flight or what comes between batches (a batch
+    just collected goes straight on to that)."""
+    actions = Actions()
+    rollout = _start_if_wanted(spec, rollout, configmap_release, actions, now)
+    actions.configmap_release = _configmap_change(spec, rollout, configmap_release)
+    actions.mark = _reported_releases(rollout, pods)
+    if rollout.batch:
+        collected = _collect_batch(spec, rollout, pods, actions, now)
+        if collected is None:
+            return actions
+        rollout = collected
+    return _between_batches(spec, rollout, pods, migration, actions, now)
+
+
+# --- Shared by the regimes -------------------------------------------------------------------
+
+
 def _ask_batch(rollout: Rollout, pending: list[PodState], size: int, release: str, actions: Actions,
                now: float) -> Actions:
+    """Records the batch (written before any agent is asked, so a crash resumes it) and asks its
+    agents: the first `size` pending pods, to `release`."""
     batch = tuple(p.name for p in pending[:size])
     number = rollout.batch_number + 1
     message = (f"rolling back {len(batch)} pods to {release}" if rollout.rolling_back
@@ -277,8 +472,10 @@ def _ask_batch(rollout: Rollout, pending: list[PodState], size: int, release: st
     return actions
 
 
-def _fail(spec: Spec, rollout: Rollout, pods: list[PodState], serving: Any, failure: tuple[str, str],
-          actions: Actions, now: float) -> Actions:
+def _fail(spec: Spec, rollout: Rollout, pods: list[PodState], failure: Failure, actions: Actions,
+          now: float) -> Actions:
+    """The release failed: new pods go back to starting on the previous release, and, with
+    auto-rollback and a previous release to go to, every pod that moved is asked back at once."""
     pod, reason = failure
     message = f"pod {pod}: {reason}" if pod else reason
     actions.events.append(Event("RolloutFailed", f"release {rollout.release} failed: {message}", warning=True))
@@ -290,7 +487,7 @@ def _fail(spec: Spec, rollout: Rollout, pods: list[PodState], serving: Any, fail
         actions.rollout = failed
         return actions
     # Every pod that moved, and those of the failed batch (their `current` may have moved too).
-    back = [p for p in pods if p.ready and (serving(p) != rollout.previous or p.name in rollout.batch)]
+    back = [p for p in pods if p.ready and (_serving(p, actions.mark) != rollout.previous or p.name in rollout.batch)]
     for name in rollout.batch:
         actions.mark.pop(name, None)
     actions.events.append(Event("RollingBack", f"rolling {len(back)} pods back to {rollout.previous}",

@@ -33,7 +33,7 @@ class CommandError(RuntimeError):
 def _parser() -> argparse.ArgumentParser:
     def add_common(target: argparse.ArgumentParser, defaults: bool) -> None:
         # kubectl takes its flags anywhere on the line; subcommands must not reset them.
-        keep = {} if defaults else {"default": argparse.SUPPRESS}
+        keep: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
         target.add_argument("-n", "--namespace", help="namespace (default: the context's)", **keep)
         target.add_argument("--context", help="kubeconfig context", **keep)
         target.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)", **keep)
@@ -131,7 +131,8 @@ def wait(session: Session, names: list[str], release: str, timeout: float, app: 
             failed = {name: r for name, r in mine.items() if not r.succeeded}
             if tty and len(names) == 1:
                 print(file=sys.stderr)
-            if len(names) == 1 and (only := mine[names[0]]):
+            if len(names) == 1:
+                only = mine[names[0]]
                 print(f"{only.phase}: {only.message}", file=sys.stderr)
                 return 1 if failed else 0
             if failed:
@@ -146,18 +147,71 @@ def wait(session: Session, names: list[str], release: str, timeout: float, app: 
     return 2
 
 
+def fleet(args: argparse.Namespace, session: Session) -> int:
+    apps = client.AppsV1Api(session.apps.api_client)
+    deployments = [d for d in session.serialize(apps.list_deployment_for_all_namespaces()).get("items", [])
+                   if is_opted_in(d)]
+    pods = {(d["metadata"]["namespace"], d["metadata"]["name"]): session.pods(d) for d in deployments}
+    rows = view.fleet_rows(deployments, pods)
+    emit(args, rows, view.table(rows, [("NAMESPACE", "namespace"), ("DEPLOYMENT", "deployment"),
+                                       ("WANTED", "wanted"), ("PHASE", "phase"), ("PODS", "pods"),
+                                       ("RUNNING", "running")]))
+    return 0
+
+
+def status(args: argparse.Namespace, session: Session, deployment: dict[str, Any]) -> int:
+    document = view.status_document(deployment, session.pods(deployment))
+    rollout = document["rollout"]  # the annotation's JSON form, as -o json shows it
+    summary = (f"release {document['wanted']}: {rollout.get('phase', 'no rollout yet')} "
+               f"({rollout.get('updated', 0)}/{rollout.get('total', 0)} pods) {rollout.get('message', '')}")
+    emit(args, document, view.table(document["pods"], [("POD", "pod"), ("IP", "ip"), ("PHASE", "phase"),
+                                                       ("READY", "ready"), ("RELEASE", "release")])
+         + "\n\n" + summary.rstrip())
+    return 0
+
+
+def history(args: argparse.Namespace, session: Session, deployment: dict[str, Any]) -> int:
+    name = deployment["metadata"]["name"]
+    events = session.serialize(session.core.list_namespaced_event(
+        session.namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=Deployment"))
+    rows = view.history_rows(deployment, events.get("items", []))
+    emit(args, rows, view.table(rows, [("TIME", "time"), ("TYPE", "type"), ("REASON", "reason"),
+                                       ("MESSAGE", "message")]))
+    return 0
+
+
+def pause_or_resume(args: argparse.Namespace, session: Session, deployment: dict[str, Any]) -> int:
+    name = deployment["metadata"]["name"]
+    session.annotate(name, {c.PAUSED: "true" if args.command == "pause" else "false"})
+    print(f"deployment.apps/{name} {'paused' if args.command == 'pause' else 'resumed'}")
+    return 0
+
+
+def release(args: argparse.Namespace, session: Session, deployment: dict[str, Any]) -> int:
+    """release ID, or rollback (the rollout record's previous release), then --wait."""
+    name = deployment["metadata"]["name"]
+    if args.command == "rollback":
+        rollout = view.rollout_of(deployment)
+        target = rollout.previous if rollout else None
+        if not target:
+            raise CommandError(f"deployment {name} has no previous release to roll back to")
+    else:
+        target = args.release
+        if not c.is_release_id(target):
+            raise CommandError(f"invalid release id {target!r}: it must match {c.RELEASE_ID_PATTERN}")
+    session.annotate(name, {c.RELEASE: target})
+    print(f"deployment.apps/{name} release {target}")
+    return wait(session, [name], target, args.timeout) if args.wait else 0
+
+
+ON_A_DEPLOYMENT = {"status": status, "history": history, "pause": pause_or_resume, "resume": pause_or_resume,
+                   "release": release, "rollback": release}
+
+
 def run(args: argparse.Namespace) -> int:
     session = Session(args)
     if args.command == "fleet":
-        apps = client.AppsV1Api(session.apps.api_client)
-        deployments = [d for d in session.serialize(apps.list_deployment_for_all_namespaces()).get("items", [])
-                       if is_opted_in(d)]
-        pods = {(d["metadata"]["namespace"], d["metadata"]["name"]): session.pods(d) for d in deployments}
-        rows = view.fleet_rows(deployments, pods)
-        emit(args, rows, view.table(rows, [("NAMESPACE", "namespace"), ("DEPLOYMENT", "deployment"),
-                                           ("WANTED", "wanted"), ("PHASE", "phase"), ("PODS", "pods"),
-                                           ("RUNNING", "running")]))
-        return 0
+        return fleet(args, session)
     if getattr(args, "app", None):
         return run_app(args, session)
     if args.command == "release":
@@ -166,41 +220,7 @@ def run(args: argparse.Namespace) -> int:
         args.deployment, args.release = args.targets
     if not args.deployment:
         raise CommandError(f"kubectl cfo {args.command}: name a Deployment (or --app NAME)")
-    name = args.deployment
-    deployment = session.deployment(name)
-    if args.command == "status":
-        document = view.status_document(deployment, session.pods(deployment))
-        rollout = document["rollout"]  # the annotation's JSON form, as -o json shows it
-        summary = (f"release {document['wanted']}: {rollout.get('phase', 'no rollout yet')} "
-                   f"({rollout.get('updated', 0)}/{rollout.get('total', 0)} pods) {rollout.get('message', '')}")
-        emit(args, document, view.table(document["pods"], [("POD", "pod"), ("IP", "ip"), ("PHASE", "phase"),
-                                                           ("READY", "ready"), ("RELEASE", "release")])
-             + "\n\n" + summary.rstrip())
-        return 0
-    if args.command == "history":
-        events = session.serialize(session.core.list_namespaced_event(
-            session.namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=Deployment"))
-        rows = view.history_rows(deployment, events.get("items", []))
-        emit(args, rows, view.table(rows, [("TIME", "time"), ("TYPE", "type"), ("REASON", "reason"),
-                                           ("MESSAGE", "message")]))
-        return 0
-    if args.command in ("pause", "resume"):
-        session.annotate(name, {c.PAUSED: "true" if args.command == "pause" else "false"})
-        print(f"deployment.apps/{name} {'paused' if args.command == 'pause' else 'resumed'}")
-        return 0
-    if args.command == "rollback":
-        rollout = view.rollout_of(deployment)
-        previous = rollout.previous if rollout else None
-        if not previous:
-            raise CommandError(f"deployment {name} has no previous release to roll back to")
-        target = previous
-    else:
-        target = args.release
-        if not c.is_release_id(target):
-            raise CommandError(f"invalid release id {target!r}: it must match {c.RELEASE_ID_PATTERN}")
-    session.annotate(name, {c.RELEASE: target})
-    print(f"deployment.apps/{name} release {target}")
-    return wait(session, [name], target, args.timeout) if args.wait else 0
+    return ON_A_DEPLOYMENT[args.command](args, session, session.deployment(args.deployment))
 
 
 def app_members(session: Session, app: str) -> list[dict[str, Any]]:

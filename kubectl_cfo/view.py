@@ -8,12 +8,12 @@ from typing import Any
 
 from customer_friendly import contract as c
 from customer_friendly.contract.groups import role_of
-from customer_friendly.contract.objects import Obj, annotations
+from customer_friendly.contract.objects import Obj, annotations_of
 from customer_friendly.contract.rollout import Rollout
 
 
 def rollout_of(deployment: Mapping[str, Any]) -> Rollout | None:
-    return Rollout.from_annotation(annotations(deployment).get(c.ROLLOUT))
+    return Rollout.from_annotation(annotations_of(deployment).get(c.ROLLOUT))
 
 
 def pod_rows(pods: list[Obj]) -> list[Obj]:
@@ -24,14 +24,14 @@ def pod_rows(pods: list[Obj]) -> list[Obj]:
                     for cond in status.get("conditions") or [])
         rows.append({"pod": pod["metadata"]["name"], "ip": status.get("podIP") or "",
                      "phase": status.get("phase") or "", "ready": ready,
-                     "release": annotations(pod).get(c.RELEASE) or ""})
+                     "release": annotations_of(pod).get(c.RELEASE) or ""})
     return rows
 
 
 def status_document(deployment: Obj, pods: list[Obj]) -> Obj:
     meta = deployment["metadata"]
     return {"namespace": meta["namespace"], "deployment": meta["name"],
-            "wanted": annotations(deployment).get(c.RELEASE), "rollout": _wire(rollout_of(deployment)),
+            "wanted": annotations_of(deployment).get(c.RELEASE), "rollout": _wire(rollout_of(deployment)),
             "pods": pod_rows(pods)}
 
 
@@ -40,19 +40,20 @@ def fleet_rows(deployments: list[Obj], pods_by_deployment: dict[tuple[str, str],
     for deployment in sorted(deployments, key=lambda d: (d["metadata"]["namespace"], d["metadata"]["name"])):
         meta = deployment["metadata"]
         pods = pods_by_deployment.get((meta["namespace"], meta["name"]), [])
-        running = Counter(annotations(p).get(c.RELEASE) or "unknown" for p in pods)
+        running = Counter(annotations_of(p).get(c.RELEASE) or "unknown" for p in pods)
         rollout = rollout_of(deployment)
         rows.append({"namespace": meta["namespace"], "deployment": meta["name"],
-                     "wanted": annotations(deployment).get(c.RELEASE) or "", "phase": rollout.phase if rollout else "",
+                     "wanted": annotations_of(deployment).get(c.RELEASE) or "",
+                     "phase": rollout.phase if rollout else "",
                      "pods": len(pods), "running": dict(sorted(running.items()))})
     return rows
 
 
-def group_rows(members: list[Mapping[str, Any]], pods_by_deployment: dict[tuple[str, str], list[Obj]]) -> list[Obj]:
+def group_rows(members: list[Obj], pods_by_deployment: dict[tuple[str, str], list[Obj]]) -> list[Obj]:
     """An app group's rows with each Deployment's role, in the order given (the group's order:
     web, worker, cron); fleet_rows sorts by name, so rows are matched to members by name."""
     by_name = {(r["namespace"], r["deployment"]): r for r in fleet_rows(members, pods_by_deployment)}
-    return [{**by_name[(d["metadata"]["namespace"], d["metadata"]["name"])], "role": role_of(annotations(d))}
+    return [{**by_name[(d["metadata"]["namespace"], d["metadata"]["name"])], "role": role_of(annotations_of(d))}
             for d in members]
 
 

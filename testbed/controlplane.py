@@ -197,6 +197,11 @@ class ControlPlane:
         self.processes.append(process)
         return process
 
+    @property
+    def _bin(self) -> Path:
+        assert self.bin_dir is not None, "start() finds the binaries first"
+        return self.bin_dir
+
     def _wait(self, process: _Process, ready: Callable[[], bool], timeout: float) -> None:
         wait_ready(process.name, process.proc, ready, timeout, process.log)
 
@@ -204,7 +209,7 @@ class ControlPlane:
         client_port, peer_port = free_port(), free_port()
         client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
         etcd = self._spawn("etcd", [
-            str(self.bin_dir / "etcd"),
+            str(self._bin / "etcd"),
             "--name=cfo-test",
             f"--data-dir={self.workdir / 'etcd-data'}",
             f"--listen-client-urls={client_url}", f"--advertise-client-urls={client_url}",
@@ -224,7 +229,7 @@ class ControlPlane:
     def _start_apiserver(self, etcd_url: str, pki: dict[str, Path]) -> None:
         self.api_port = free_port(self.address)
         self._apiserver_args = [
-            str(self.bin_dir / "kube-apiserver"),
+            str(self._bin / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
             f"--cert-dir={self.workdir / 'pki'}",
             f"--tls-cert-file={pki['apiserver.crt']}", f"--tls-private-key-file={pki['apiserver.key']}",
@@ -282,7 +287,7 @@ class ControlPlane:
 
     def _start_controller_manager(self, pki: dict[str, Path]) -> None:
         kcm = self._spawn("kube-controller-manager", [
-            str(self.bin_dir / "kube-controller-manager"),
+            str(self._bin / "kube-controller-manager"),
             f"--kubeconfig={self.kubeconfig}",
             f"--authentication-kubeconfig={self.kubeconfig}",
             f"--authorization-kubeconfig={self.kubeconfig}",

@@ -282,12 +282,12 @@ def product_images() -> dict[str, Path]:
             buildah("bud", "--isolation", "chroot", "--layers", "--pull=never", "--build-arg",
                     f"PYTHON_IMAGE={base}", *mounts, "--target", target, "-f", "images/Dockerfile", "-t", image,
                     ".", what=f"buildah bud --target {target}")
-            path = archives[target][0]
-            tmp = path.with_suffix(".tmp")
+            archive = archives[target][0]
+            tmp = archive.with_suffix(".tmp")
             tmp.unlink(missing_ok=True)
             buildah("push", image, f"oci-archive:{tmp}:{image}", what=f"buildah push {target}")
-            tmp.rename(path)
-            _prune(target, path)
+            tmp.rename(archive)
+            _prune(target, archive)
             print(f"images: {target} built in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
     finally:
         buildah.cleanup()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -283,9 +284,7 @@ def sweep_leftovers(graceful: bool = False) -> bool:
     kill_recorded(record.get("pids", []))
     time.sleep(0.5)
     if workdir:
-        for pid in _sh("pgrep", "-f", f"containerd-shim-runc-v2.*{workdir}", check=False).stdout.split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
+        kill_shims(workdir)
     remove_network()
     if workdir:
         unmount_under(Path(workdir))
@@ -509,11 +508,7 @@ state = "{base / 'state'}"
             str(bin_dir / "kubelet"), f"--config={base / 'config.yaml'}", f"--kubeconfig={kubeconfig}",
             f"--root-dir={base / 'root'}", f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}", "--v=1"])
 
-        def healthy() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.kubelet_healthz}/healthz", timeout=2) as resp:
-                return resp.status == 200
-
-        wait_ready("kubelet", proc.proc, healthy, 60, proc.log)
+        wait_ready("kubelet", proc.proc, functools.partial(healthz, self.kubelet_healthz), 60, proc.log)
 
     def _kube_proxy(self, bin_dir: Path) -> None:
         config = self.workdir / "kube-proxy.yaml"
@@ -529,11 +524,7 @@ state = "{base / 'state'}"
         }))
         proc = self._spawn("kube-proxy", [str(bin_dir / "kube-proxy"), f"--config={config}"])
 
-        def healthy() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.proxy_healthz}/healthz", timeout=2) as resp:
-                return resp.status == 200
-
-        wait_ready("kube-proxy", proc.proc, healthy, 60, proc.log)
+        wait_ready("kube-proxy", proc.proc, functools.partial(healthz, self.proxy_healthz), 60, proc.log)
 
     def _wait_node_ready(self) -> None:
         def ready() -> bool:
@@ -629,28 +620,11 @@ state = "{base / 'state'}"
             self._ctr("containers", "delete", container, check=False)
 
     def stop(self) -> None:
+        """Pods first (through the API, so the kubelet runs their preStop and frees their network),
+        then the node's processes, then what they left on the host."""
         with contextlib.suppress(Exception):
             self._delete_pods()
-        by_name = {p.name: p for p in self.processes}
-        for name in ("local-path-provisioner", "kube-scheduler", "kubelet"):
-            if name in by_name:
-                terminate(by_name[name].proc, 10)
-        with contextlib.suppress(Exception):
-            self._remove_tasks()
-        if "kube-proxy" in by_name:
-            terminate(by_name["kube-proxy"].proc, 10)
-            bin_dir = getattr(getattr(self, "control", None), "bin_dir", None)
-            if bin_dir:
-                _sh(str(bin_dir / "kube-proxy"), "--cleanup", check=False)
-        if "containerd" in by_name:
-            terminate(by_name["containerd"].proc, 10)
-        # Shims outlive containerd by design; ours go now.
-        for pid in _sh("pgrep", "-f", f"containerd-shim-runc-v2.*{self.workdir}", check=False).stdout.split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-        for process in self.processes:
-            terminate(process.proc, 5)
-        self.processes.clear()
+        self._stop_processes()
         kill_recorded([[pid, start_ticks(pid) or -1] for pid in self.extra_pids])
         if hasattr(self, "control"):
             self.control.stop()
@@ -664,6 +638,39 @@ state = "{base / 'state'}"
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
+
+    def _stop_processes(self) -> None:
+        """In dependency order: nothing may start a container once containerd is asked to stop."""
+        by_name = {p.name: p for p in self.processes}
+        for name in ("local-path-provisioner", "kube-scheduler", "kubelet"):
+            if name in by_name:
+                terminate(by_name[name].proc, 10)
+        with contextlib.suppress(Exception):
+            self._remove_tasks()
+        if "kube-proxy" in by_name:
+            terminate(by_name["kube-proxy"].proc, 10)
+            bin_dir = getattr(getattr(self, "control", None), "bin_dir", None)
+            if bin_dir:
+                _sh(str(bin_dir / "kube-proxy"), "--cleanup", check=False)
+        if "containerd" in by_name:
+            terminate(by_name["containerd"].proc, 10)
+        kill_shims(str(self.workdir))
+        for process in self.processes:
+            terminate(process.proc, 5)
+        self.processes.clear()
+
+
+def kill_shims(workdir: str) -> None:
+    """containerd's shims outlive containerd by design; ours (started under `workdir`) go now."""
+    for pid in _sh("pgrep", "-f", f"containerd-shim-runc-v2.*{workdir}", check=False).stdout.split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def healthz(port: int) -> bool:
+    """A component's /healthz on 127.0.0.1:port answers 200."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+        return resp.status == 200
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import io
 import json
@@ -283,7 +284,7 @@ class Product:
 
     def wait_available(self, timeout: float = 180) -> None:
         for name in ("customer-friendly-webhook", "customer-friendly-controller"):
-            self.node.wait(f"deployment {name} available", lambda name=name: self._available(name), timeout)
+            self.node.wait(f"deployment {name} available", functools.partial(self._available, name), timeout)
 
     def _available(self, name: str) -> bool:
         deployment = json.loads(self.node.kubectl("-n", INSTALL_NAMESPACE, "get", "deployment", name, "-o",

@@ -180,7 +180,7 @@ def _pinned_fallback(previous_fetch: Obj | None, settings: ReleaseSettings,
             check_source(source, policy, annotation=AgentEnv.SOURCE_DEFAULT)
         except Refusal as refusal:
             problem = str(refusal)
-    if problem is None:
+    if problem is None and isinstance(release, str) and isinstance(source, str):
         return release, source, None
     return settings.release, settings.source, (
         f"the fallback release pinned in init container {c.FETCH_CONTAINER} ({AgentEnv.RELEASE_DEFAULT}, "
@@ -430,7 +430,7 @@ def mutate(deployment: Obj, settings: ReleaseSettings, policy: Policy) -> tuple[
     """
     out = dict(deployment)
     warnings: list[str] = []
-    metadata = out.get("metadata") if isinstance(out.get("metadata"), dict) else {}
+    metadata: Obj = out["metadata"] if isinstance(out.get("metadata"), dict) else {}
     name = metadata.get("name") or metadata.get("generateName") or ""
     spec = out["spec"] = dict(out.get("spec") or {})
     template = spec["template"] = dict(spec.get("template") or {})
@@ -457,29 +457,9 @@ def mutate(deployment: Obj, settings: ReleaseSettings, policy: Policy) -> tuple[
     agent_context, fetch_context, privilege_warning = agent_security_contexts(app, pod)
     _mount_code(app, settings)
 
-    # preStop: ours is a plain sleep; any other hook is the user's and is kept as it is.
-    lifecycle = app["lifecycle"] = dict(app.get("lifecycle") or {})
-    current_sleep = _sleep_seconds(lifecycle.get("preStop"), app["name"])
-    pre_stop, pre_stop_base = injected.pre_stop_seconds, injected.pre_stop_base
-    if lifecycle.get("preStop") and current_sleep is None:
-        pre_stop, pre_stop_base = None, None
-        warnings.append(
-            f"container {app['name']} has its own preStop hook, which is kept: make sure it waits at "
-            f"least {settings.pre_stop_seconds}s before Puma gets SIGTERM"
-        )
-        effective_pre_stop = settings.pre_stop_seconds
-    else:
-        pre_stop, pre_stop_base = _floor(current_sleep, injected.pre_stop_seconds,
-                                         injected.pre_stop_base, settings.pre_stop_seconds)
-        effective_pre_stop = pre_stop
-        if pre_stop == pre_stop_base == current_sleep:
-            pass  # the user's own sleep already waits long enough: keep it exactly as written
-        elif pre_stop > 0:
-            lifecycle["preStop"] = _pre_stop_hook(pre_stop, policy)
-        else:
-            lifecycle.pop("preStop", None)
-    if not lifecycle:
-        app.pop("lifecycle")
+    pre_stop, pre_stop_base, effective_pre_stop, hook_warning = _set_pre_stop(app, settings, policy, injected)
+    if hook_warning:
+        warnings.append(hook_warning)
 
     wanted_grace = effective_pre_stop + settings.max_request_seconds + policy.grace_margin_seconds
     current_grace = pod.get("terminationGracePeriodSeconds")
@@ -518,6 +498,32 @@ def mutate(deployment: Obj, settings: ReleaseSettings, policy: Policy) -> tuple[
     if privilege_warning:
         warnings.append(privilege_warning)
     return out, warnings
+
+
+def _set_pre_stop(app: Obj, settings: ReleaseSettings, policy: Policy,
+                  injected: Injected) -> tuple[int | None, int | None, int, str | None]:
+    """Give the app container its preStop sleep (in place); returns what to record as injected
+    (seconds, base), the wait that sizes the grace period, and a warning.
+
+    Ours is a plain sleep; any other hook is the user's and is kept as it is.
+    """
+    lifecycle = app["lifecycle"] = dict(app.get("lifecycle") or {})
+    current_sleep = _sleep_seconds(lifecycle.get("preStop"), app["name"])
+    if lifecycle.get("preStop") and current_sleep is None:
+        return None, None, settings.pre_stop_seconds, (
+            f"container {app['name']} has its own preStop hook, which is kept: make sure it waits at "
+            f"least {settings.pre_stop_seconds}s before Puma gets SIGTERM")
+    pre_stop, pre_stop_base = _floor(current_sleep, injected.pre_stop_seconds,
+                                     injected.pre_stop_base, settings.pre_stop_seconds)
+    if pre_stop == pre_stop_base == current_sleep:
+        pass  # the user's own sleep already waits long enough: keep it exactly as written
+    elif pre_stop > 0:
+        lifecycle["preStop"] = _pre_stop_hook(pre_stop, policy)
+    else:
+        lifecycle.pop("preStop", None)
+    if not lifecycle:
+        app.pop("lifecycle")
+    return pre_stop, pre_stop_base, pre_stop, None
 
 
 def _advice(deployment: Obj, app: Obj) -> list[str]:

@@ -85,9 +85,9 @@ def _same(src: object, dst: object) -> bool:
         return True
     if type(src) is not type(dst) or src != dst:
         return False
-    if isinstance(src, dict):
+    if isinstance(src, dict) and isinstance(dst, dict):
         return all(_same(value, dst[key]) for key, value in src.items())
-    if isinstance(src, list):
+    if isinstance(src, list) and isinstance(dst, list):
         return all(_same(a, b) for a, b in zip(src, dst, strict=True))
     return True
 

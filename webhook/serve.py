@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import ssl
 import sys
 import threading
@@ -18,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+
+from customer_friendly.contract.config import add_arguments
+from customer_friendly.webhook.config import SETTINGS, WebhookConfig
 
 logger = logging.getLogger(__name__)
 
@@ -70,64 +72,52 @@ class _Gunicorn(BaseApplication):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cfo-webhook", description="Serve the mutating admission webhook over TLS.")
-    env = os.environ.get
-    p.add_argument("--bind", default=env("CFO_WEBHOOK_BIND", "0.0.0.0:8443"),
-                   help="address:port to listen on (env CFO_WEBHOOK_BIND, default 0.0.0.0:8443)")
-    p.add_argument("--cert", type=Path, default=Path(env("CFO_TLS_CERT", "/etc/cfo/tls/tls.crt")),
-                   help="serving certificate, PEM (env CFO_TLS_CERT); reloaded when it changes")
-    p.add_argument("--key", type=Path, default=Path(env("CFO_TLS_KEY", "/etc/cfo/tls/tls.key")),
-                   help="serving key, PEM (env CFO_TLS_KEY); reloaded when it changes")
-    p.add_argument("--workers", type=int, default=int(env("CFO_WEBHOOK_WORKERS", "1")),
-                   help="gunicorn worker processes (env CFO_WEBHOOK_WORKERS, default 1)")
-    p.add_argument("--threads", type=int, default=int(env("CFO_WEBHOOK_THREADS", "4")),
-                   help="gthread threads per worker (env CFO_WEBHOOK_THREADS, default 4)")
-    p.add_argument("--policy", default=env("CFO_POLICY_PATH"),
-                   help="policy ConfigMap directory or YAML file (env CFO_POLICY_PATH); default: built-in")
-    p.add_argument("--log-level", default=env("CFO_LOG_LEVEL", "info"), help="debug, info, warning or error")
-    return p
+    parser = argparse.ArgumentParser(prog="cfo-webhook", description="Serve the mutating admission webhook over TLS.")
+    add_arguments(parser, SETTINGS)
+    return parser
 
 
-def gunicorn_options(args: argparse.Namespace, tls: ReloadingTLS) -> dict[str, Any]:
+def gunicorn_options(config: WebhookConfig, tls: ReloadingTLS) -> dict[str, Any]:
     return {
-        "bind": args.bind,
+        "bind": config.bind,
         "worker_class": "gthread",
-        "workers": args.workers,
-        "threads": args.threads,
+        "workers": config.workers,
+        "threads": config.threads,
         # The API server reuses connections; keep them open longer than its idle timeout.
         "keepalive": 75,
         "timeout": 30,
         "graceful_timeout": 20,
-        "certfile": str(args.cert),
-        "keyfile": str(args.key),
+        "certfile": str(config.cert),
+        "keyfile": str(config.key),
         "ssl_context": lambda _conf, _default_factory: tls.context(),
         "accesslog": None,
         # Gunicorn 23+ opens a control socket under $HOME; the container's root FS is read-only.
         "control_socket_disable": True,
-        "loglevel": args.log_level,
+        "loglevel": config.log_level,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    try:
+        config = WebhookConfig.from_env(_parser().parse_args(argv))
+    except ValueError as err:
+        print(f"cfo-webhook: bad setting: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)
-    for path in (args.cert, args.key):
+    for path in (config.cert, config.key):
         if not path.is_file():
             print(f"cfo-webhook: {path} not found (create it with `cfo-certs ensure`)", file=sys.stderr)
             return 2
-    if args.policy:
-        os.environ["CFO_POLICY_PATH"] = args.policy
-    tls = ReloadingTLS(args.cert, args.key)
+    tls = ReloadingTLS(config.cert, config.key)
     tls.context()  # fail now, not at the first connection, if the pair is unusable
 
     from customer_friendly.webhook.app import create_app
-    from customer_friendly.webhook.config import WebhookConfig
 
     def factory() -> Any:
-        return create_app(WebhookConfig.from_env())
+        return create_app(config)
 
-    _Gunicorn(factory, gunicorn_options(args, tls)).run()
+    _Gunicorn(factory, gunicorn_options(config, tls)).run()
     return 0
 
 

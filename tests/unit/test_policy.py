@@ -255,4 +255,4 @@ def test_a_broken_policy_at_start_up_is_fatal(tmp_path: Path) -> None:
 
 
 def test_without_a_policy_file_the_built_in_defaults_apply() -> None:
-    assert PolicySource(WebhookConfig.from_env({}).policy_path).current() == Policy()
+    assert PolicySource(WebhookConfig.from_env(env={}).policy_path).current() == Policy()
