@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from customer_friendly.agent import puma
+from customer_friendly.contract import SIGNAL_NAMES
 
 # Sidekiq (and workers that copy it) show their load in the process title: "[3 of 10 busy]".
 BUSY_TITLE = re.compile(r"\[(\d+) of (\d+) busy\]")
 
-SIGNALS = {name: getattr(signal, f"SIG{name}") for name in
-           ("HUP", "USR1", "USR2", "TTIN", "TTOU", "WINCH", "QUIT", "INT", "TERM", "TSTP", "CONT")}
+SIGNALS = {name: getattr(signal, f"SIG{name}") for name in SIGNAL_NAMES}
 
 
 @dataclass(frozen=True)

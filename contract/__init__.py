@@ -66,6 +66,9 @@ RESTART_MODES = ("phased", "hot", "drain")
 """phased: Puma SIGUSR1. hot: Puma SIGUSR2. drain: a worker (Sidekiq, cron) is quieted, then
 TERMed, and the kubelet restarts its container on the new code. Also `signal:<NAME>`."""
 SIGNAL_PREFIX = "signal:"
+DEFAULT_QUIET_SIGNAL = "TSTP"
+"""Sidekiq's "stop fetching jobs"; drain sends it, waits, then TERM."""
+DEFAULT_DRAIN_SECONDS = 30
 SIGNAL_NAMES = ("HUP", "USR1", "USR2", "TTIN", "TTOU", "WINCH", "QUIT", "INT", "TERM", "TSTP", "CONT")
 
 

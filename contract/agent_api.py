@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from customer_friendly.contract import (
+    DEFAULT_DRAIN_SECONDS,
+    DEFAULT_QUIET_SIGNAL,
     RELEASE_ID_PATTERN,
     RELEASE_PLACEHOLDER,
     RESTART_ACCEPTS,
@@ -68,8 +70,8 @@ class RestartOptions:
     """None: the agent's own restart deadline."""
     process: str | None = None
     """drain and signal: a pattern for the process title (default: the Puma master)."""
-    quiet_signal: str = "TSTP"
-    drain_seconds: float = 30.0
+    quiet_signal: str = DEFAULT_QUIET_SIGNAL
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS
 
     @property
     def stops_a_process(self) -> bool:
@@ -102,10 +104,10 @@ class RestartOptions:
                 re.compile(process)
             except (re.error, TypeError, OverflowError, RecursionError) as err:
                 raise ValueError(f"process must be a regular expression for the process title ({err})") from err
-        quiet = body.get("quietSignal", "TSTP")
+        quiet = body.get("quietSignal", DEFAULT_QUIET_SIGNAL)
         if quiet not in SIGNAL_NAMES:
             raise ValueError("quietSignal must be one of " + ", ".join(SIGNAL_NAMES))
-        drain = body.get("drainSeconds", 30)
+        drain = body.get("drainSeconds", DEFAULT_DRAIN_SECONDS)
         if not _number(drain) or not 0 <= drain <= MAX_DRAIN_SECONDS:
             raise ValueError(f"drainSeconds must be a number from 0 to {MAX_DRAIN_SECONDS}")
         return cls(restart=restart, allow_hot=bool(body.get("allowHot", False)), deadline_seconds=deadline,

@@ -45,8 +45,8 @@ class ReleaseSettings:
     migrate: str | None = None
     migrate_timeout: int = 600
     process: str | None = None
-    quiet_signal: str = "TSTP"
-    drain_seconds: int = 30
+    quiet_signal: str = c.DEFAULT_QUIET_SIGNAL
+    drain_seconds: int = c.DEFAULT_DRAIN_SECONDS
 
     def restart_options(self) -> RestartOptions:
         """What the controller asks each agent to do after `current` moves."""
@@ -312,7 +312,7 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
         migrate_timeout=_seconds(annotations, c.MIGRATE_TIMEOUT, 600, 1, 86400),
         process=pattern,
         quiet_signal=quiet,
-        drain_seconds=_seconds(annotations, c.DRAIN_SECONDS, 30, 0, 3600),
+        drain_seconds=_seconds(annotations, c.DRAIN_SECONDS, c.DEFAULT_DRAIN_SECONDS, 0, 3600),
     )
 
 
@@ -352,7 +352,7 @@ def _process_control(annotations: Mapping[str, str], policy: Policy) -> tuple[st
     if not c.is_restart_mode(restart):
         raise _refuse(c.RESTART, restart, c.RESTART_ACCEPTS)
     _check_role_and_app(annotations)
-    quiet = annotations.get(c.QUIET_SIGNAL, "TSTP")
+    quiet = annotations.get(c.QUIET_SIGNAL, c.DEFAULT_QUIET_SIGNAL)
     if quiet not in c.SIGNAL_NAMES:
         raise _refuse(c.QUIET_SIGNAL, quiet, "a signal name: " + ", ".join(c.SIGNAL_NAMES))
     pattern = annotations.get(c.PROCESS)
