@@ -21,6 +21,7 @@ with `puma_restored` false.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -90,6 +91,8 @@ class Attempt:
     view: puma.PumaView | None = None
     mode: str | None = None
     signalled: bool = False
+    surge: bool = False
+    """The phased restart ran with one worker more (RestartOptions.surge)."""
 
 
 def _restart_timeout(view: puma.PumaView, mode: str, deadline_seconds: float, expected: int, ticks: int,
@@ -200,8 +203,9 @@ class Agent:
                 puma.check_can_signal(view.master.pid, "Puma")
                 self._update(state=RESTARTING, restart=mode)
                 attempt.view, attempt.mode = view, mode
+                attempt.surge = request.options.surge and mode == "phased" and view.mode == "cluster"
                 self._switch(request.release, attempt)
-                self._restart(view, mode, deadline, attempt=attempt, release=request.release)
+                self._restart(view, mode, deadline, attempt=attempt, release=request.release, surge=attempt.surge)
             else:
                 mode = request.options.restart
                 self._restart_process(request, deadline, attempt)
@@ -255,7 +259,7 @@ class Agent:
             return False, f"current and previous restored; Puma (pid {view.master.pid}) is gone"
         old = Path(attempt.before.current).name if attempt.before and attempt.before.current else None
         try:
-            self._restart(latest, mode, deadline, expected=len(view.workers), release=old)
+            self._restart(latest, mode, deadline, expected=len(view.workers), release=old, surge=attempt.surge)
         except puma.PumaError as err:
             logger.error("could not bring Puma back to the old release: %s", err)
             return False, f"current and previous restored, but Puma could not be brought back: {err}"
@@ -302,19 +306,35 @@ class Agent:
         return "hot"
 
     def _restart(self, view: puma.PumaView, mode: str, deadline_seconds: float, expected: int | None = None,
-                 attempt: Attempt | None = None, release: str | None = None) -> None:
+                 attempt: Attempt | None = None, release: str | None = None, surge: bool = False) -> None:
         """Signal, then watch until every worker slot runs a process started after the signal.
 
         `expected` is the number of workers when all are up (a stalled restart shows fewer).
         Fails at the deadline, or as soon as `boot_failures` of the new workers have exited
         before the restart was done (`release`, the one restarted onto, names it).
+
+        With `surge` (phased only), TTIN follows USR1 at once: Puma spawns one worker more, on
+        the new code (the master has already moved to the new directory), and stops an old
+        worker only once every worker is booted, so the pod never serves on fewer workers than
+        it has. Done is then `expected + 1` new workers; TTOU then gives the extra one back.
+        TTIN before USR1 would boot the extra worker on the old code, to be replaced as well.
         """
         expected = len(view.workers) if expected is None else expected
+        started = time.monotonic()
+        self._signal_and_watch(view, mode, deadline_seconds, expected, attempt, release, surge)
+        if surge:
+            self._end_surge(view, expected, started + deadline_seconds)
+
+    def _signal_and_watch(self, view: puma.PumaView, mode: str, deadline_seconds: float, expected: int,
+                          attempt: Attempt | None, release: str | None, surge: bool) -> None:
         stats_before = self._stats()
         ticks = puma.boot_ticks_now()
         puma.send(view, mode)
         if attempt is not None:
             attempt.signalled = True
+        if surge:
+            puma.signal_master(view, puma.SURGE_UP)
+        watched = expected + 1 if surge else expected
         # Taken after the signal: a worker Puma forks before it handles the signal (on a revert,
         # one more of the crash loop being left) is then not taken for one of this restart's.
         watch = puma.BootWatch(puma.boot_ticks_now())
@@ -323,25 +343,42 @@ class Agent:
         latest: puma.PumaView | None = view
         stats: puma.Stats | None = None
         steady: tuple[frozenset[int], float] = (frozenset(), started)  # the worker pids, and since when
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            latest = puma.find_puma(puma.read_processes(), view.master.pid)
-            if latest is None:
-                raise puma.PumaError(f"Puma (pid {view.master.pid}) exited during the {mode} restart")
-            stats = self._stats()
-            pids = frozenset(w.pid for w in latest.workers)
-            if pids != steady[0]:
-                steady = (pids, time.monotonic())
-            done = self._restart_done(latest, mode, expected, ticks, before=stats_before, now=stats,
-                                      started=started, steady_since=steady[1])
-            failures = watch.observe(latest, done)
-            self._update(puma={"workersReplaced": sum(w.start_ticks >= ticks for w in latest.workers),
-                               "workersExpected": expected, "bootFailures": failures})
-            if done:
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                latest = puma.find_puma(puma.read_processes(), view.master.pid)
+                if latest is None:
+                    raise puma.PumaError(f"Puma (pid {view.master.pid}) exited during the {mode} restart")
+                stats = self._stats()
+                pids = frozenset(w.pid for w in latest.workers)
+                if pids != steady[0]:
+                    steady = (pids, time.monotonic())
+                done = self._restart_done(latest, mode, watched, ticks, before=stats_before, now=stats,
+                                          started=started, steady_since=steady[1])
+                failures = watch.observe(latest, done)
+                self._update(puma={"workersReplaced": sum(w.start_ticks >= ticks for w in latest.workers),
+                                   "workersExpected": watched, "bootFailures": failures, "surge": surge})
+                if done:
+                    return
+                if 0 < self.config.boot_failures <= failures:
+                    raise puma.CannotBoot(puma.cannot_boot_message(release, failures, mode,
+                                                                   puma.boot_error_tail(view)))
+            raise _restart_timeout(view, mode, deadline_seconds, watched, ticks, latest, stats)
+        except puma.PumaError:
+            if surge:  # give the extra worker back whatever happened; the failure is what is reported
+                with contextlib.suppress(puma.PumaError):
+                    puma.signal_master(view, puma.SURGE_DOWN)
+            raise
+
+    def _end_surge(self, view: puma.PumaView, expected: int, deadline: float) -> None:
+        """TTOU, then wait until Puma is back to `expected` booted workers (it culls the youngest)."""
+        puma.signal_master(view, puma.SURGE_DOWN)
+        until = max(deadline, time.monotonic() + 5)
+        while time.monotonic() < until:
+            if puma.shrunk(puma.find_puma(puma.read_processes(), view.master.pid), self._stats(), expected):
                 return
-            if 0 < self.config.boot_failures <= failures:
-                raise puma.CannotBoot(puma.cannot_boot_message(release, failures, mode, puma.boot_error_tail(view)))
-        raise _restart_timeout(view, mode, deadline_seconds, expected, ticks, latest, stats)
+            time.sleep(0.2)
+        raise puma.PumaError(f"the surge worker did not stop: Puma still runs more than {expected} workers")
 
     def _restart_done(self, latest: puma.PumaView, mode: str, expected: int, ticks: int, *,
                       before: puma.Stats | None, now: puma.Stats | None, started: float, steady_since: float) -> bool:
@@ -351,7 +388,7 @@ class Agent:
         watch began, `steady_since` since when the worker pids have not changed.
         """
         if now is not None and before is not None and mode == "phased":
-            return now.phased_restart_done(before.phase)
+            return now.phased_restart_done(before.phase) and now.workers == expected
         if expected == 0:
             # Single mode has no workers to count: the re-exec'd master has its title back.
             return time.monotonic() - started > 1 and puma.MASTER_TITLE.match(latest.master.title) is not None

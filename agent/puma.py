@@ -24,6 +24,9 @@ from pathlib import Path
 MASTER_TITLE = re.compile(r"^puma \d+\.\d+\.\d+ \(")
 WORKER_TITLE = re.compile(r"^puma: cluster worker (\d+): (\d+)")
 SIGNALS = {"phased": signal.SIGUSR1, "hot": signal.SIGUSR2}
+SURGE_UP, SURGE_DOWN = signal.SIGTTIN, signal.SIGTTOU
+"""One worker more, one worker fewer: Puma changes its worker count and spawns or culls (the
+youngest first) at once, even during a phased restart."""
 
 
 class PumaError(RuntimeError):
@@ -170,6 +173,13 @@ def preload_in_config(text: str) -> bool:
     return False
 
 
+def shrunk(view: PumaView | None, stats: Stats | None, expected: int) -> bool:
+    """After a surge: back to `expected` workers (and, with stats, every one booted). Pure."""
+    if view is None or len(view.workers) != expected:
+        return False
+    return stats is None or (stats.workers == expected and stats.booted_workers == expected)
+
+
 @dataclass(frozen=True)
 class Stats:
     """The parts of Puma's control-app /stats that tell a restart's progress."""
@@ -275,8 +285,12 @@ def check_can_signal(pid: int, what: str = "Puma") -> None:
 
 
 def send(view: PumaView, mode: str) -> None:
+    signal_master(view, SIGNALS[mode])
+
+
+def signal_master(view: PumaView, signum: int) -> None:
     try:
-        os.kill(view.master.pid, SIGNALS[mode])
+        os.kill(view.master.pid, signum)
     except PermissionError as err:
         raise PumaError(signal_refused_message("Puma", view.master.pid, process_uid(view.master.pid),
                                                os.geteuid())) from err

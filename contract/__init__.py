@@ -41,13 +41,16 @@ QUIET_SIGNAL = PREFIX + "quiet-signal"
 DRAIN_SECONDS = PREFIX + "drain-seconds"
 """Any new value restarts a release that failed (the release id alone cannot change)."""
 
+WORKER_SURGE = PREFIX + "worker-surge"
+""""false" turns off the extra Puma worker of a phased restart (the policy's workerSurge is the default)."""
+
 # Written by the controller.
 ROLLOUT = PREFIX + "rollout"
 
 USER_ANNOTATIONS = (
     ENABLED, RELEASE, SOURCE, CONTAINER, CODE_PATH, RESTART, PRE_STOP_SECONDS,
     MAX_REQUEST_SECONDS, MAX_UNAVAILABLE, CANARY, VOLUME, STORAGE_CLASS, PAUSED, RETRY,
-    MIGRATE, MIGRATE_TIMEOUT, PROCESS, QUIET_SIGNAL, DRAIN_SECONDS, APP, ROLE,
+    MIGRATE, MIGRATE_TIMEOUT, PROCESS, QUIET_SIGNAL, DRAIN_SECONDS, APP, ROLE, WORKER_SURGE,
 )
 KNOWN_ANNOTATIONS = frozenset((*USER_ANNOTATIONS, ROLLOUT))
 

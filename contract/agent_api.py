@@ -72,6 +72,8 @@ class RestartOptions:
     """drain and signal: a pattern for the process title (default: the Puma master)."""
     quiet_signal: str = DEFAULT_QUIET_SIGNAL
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    surge: bool = False
+    """phased: one worker more while the restart lasts (TTIN after USR1, TTOU once all are booted)."""
 
     @property
     def stops_a_process(self) -> bool:
@@ -81,6 +83,8 @@ class RestartOptions:
         body: dict[str, Any] = {"restart": self.restart}
         if self.allow_hot:
             body["allowHot"] = True
+        if self.surge:
+            body["surge"] = True
         if self.deadline_seconds is not None:
             body["deadlineSeconds"] = self.deadline_seconds
         if self.stops_a_process:
@@ -110,8 +114,11 @@ class RestartOptions:
         drain = body.get("drainSeconds", DEFAULT_DRAIN_SECONDS)
         if not _number(drain) or not 0 <= drain <= MAX_DRAIN_SECONDS:
             raise ValueError(f"drainSeconds must be a number from 0 to {MAX_DRAIN_SECONDS}")
+        surge = body.get("surge", False)
+        if not isinstance(surge, bool):
+            raise ValueError("surge must be true or false")
         return cls(restart=restart, allow_hot=bool(body.get("allowHot", False)), deadline_seconds=deadline,
-                   process=process, quiet_signal=quiet, drain_seconds=float(drain))
+                   process=process, quiet_signal=quiet, drain_seconds=float(drain), surge=surge)
 
 
 def _number(value: object) -> bool:

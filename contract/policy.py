@@ -80,6 +80,9 @@ class Policy:
     canary: int = 1
     auto_rollback: bool = True
     """Roll pods already updated back to the previous release when a rollout fails."""
+    worker_surge: bool = True
+    """Phased restarts run with one Puma worker more per pod while they last (its memory, for the
+    length of the restart): the pod never serves on fewer workers. false forbids it cluster-wide."""
 
     volume: str = "efs"
     storage_class: str = "efs-sc"

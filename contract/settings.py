@@ -47,11 +47,12 @@ class ReleaseSettings:
     process: str | None = None
     quiet_signal: str = c.DEFAULT_QUIET_SIGNAL
     drain_seconds: int = c.DEFAULT_DRAIN_SECONDS
+    worker_surge: bool = False
 
     def restart_options(self) -> RestartOptions:
         """What the controller asks each agent to do after `current` moves."""
         return RestartOptions(restart=self.restart, process=self.process, quiet_signal=self.quiet_signal,
-                              drain_seconds=self.drain_seconds)
+                              drain_seconds=self.drain_seconds, surge=self.worker_surge and self.restart == "phased")
 
 
 # Every message quotes what the user wrote; a value can be megabytes long, so it is shortened.
@@ -313,7 +314,20 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
         process=pattern,
         quiet_signal=quiet,
         drain_seconds=_seconds(annotations, c.DRAIN_SECONDS, c.DEFAULT_DRAIN_SECONDS, 0, 3600),
+        worker_surge=_worker_surge(annotations, policy),
     )
+
+
+def _worker_surge(annotations: Mapping[str, str], policy: Policy) -> bool:
+    """On by default where the policy allows it; the annotation can turn it off, not on against
+    the policy (the admin bounds memory)."""
+    if c.WORKER_SURGE not in annotations:
+        return policy.worker_surge
+    wanted = _bool(annotations, c.WORKER_SURGE)
+    if wanted and not policy.worker_surge:
+        raise _refuse(c.WORKER_SURGE, annotations[c.WORKER_SURGE],
+                      '"false" only: the cluster policy (workerSurge) does not allow an extra worker')
+    return wanted
 
 
 def _release_and_source(annotations: Mapping[str, str], policy: Policy) -> tuple[str, str]:

@@ -6,12 +6,14 @@ cluster (shareProcessNamespace). Figures (failed requests, p99) are printed with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import ssl
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -343,3 +345,67 @@ def test_a_phased_restart_that_cannot_happen_is_refused_before_anything_moves(co
     assert done["state"] == "done" and done["restart"] == "hot" and reason in done["note"], done
     assert load.failures() == []
     assert {s.body for s in load.samples if s.sent_at > finished + 0.5} == {"v2"}
+
+
+class WorkerCounts:
+    """Samples Puma's /stats during a release: the most workers seen, and the phase of each worker
+    index seen booted (the surge worker's index is the original worker count)."""
+
+    def __init__(self, puma: Puma) -> None:
+        self.puma, self.peak = puma, 0
+        self.booted_phases: dict[int, set[int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, ValueError):
+                statuses = self.puma.stats().get("worker_status", [])
+                self.peak = max(self.peak, len(statuses))
+                for worker in statuses:
+                    if worker.get("booted"):
+                        self.booted_phases.setdefault(worker["index"], set()).add(worker["phase"])
+            time.sleep(0.05)
+
+    def __enter__(self) -> WorkerCounts:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_a_surge_worker_serves_the_new_release_and_the_worker_count_returns(pod: Pod) -> None:
+    """TTIN right after USR1: Puma boots a third worker on v2 and stops an old one only once all
+    are booted; TTOU then gives the extra one back (Puma culls the youngest)."""
+    workers_before = pod.puma.worker_pids()
+    with WorkerCounts(pod.puma) as counts:
+        load, status, started, finished = release_under_load(
+            pod, {"release": "v2", "source": pod.source, "restart": "phased", "surge": True})
+    report("phased v1->v2 with a surge worker", load, started, finished)
+    assert load.failures() == []
+    assert counts.peak == 3, counts.peak  # one worker more than the pod has, never more
+    assert counts.booted_phases.get(2) == {1}, counts.booted_phases  # the surge slot only ever ran v2
+    stats = pod.puma.stats()
+    assert (stats["phase"], stats["workers"], stats["booted_workers"], stats["old_workers"]) == (1, 2, 2, 0)
+    assert set(pod.puma.worker_pids()).isdisjoint(workers_before)
+    assert {s.body for s in load.samples if s.sent_at > finished + 0.2} == {"v2"}
+    assert status["puma"]["surge"] is True and status["release"] == "v2"
+
+
+def test_a_surge_watched_through_proc_alone_also_ends_with_the_workers_it_started_with(
+        tmp_path: Path, moto: MotoS3) -> None:
+    started_pod = start_pod(tmp_path, moto, control_app=False)
+    try:
+        code, _ = started_pod.client.call("POST", "/v1/release", {"release": "v2", "source": started_pod.source,
+                                                                  "restart": "phased", "surge": True})
+        assert code == 202
+        status = started_pod.client.wait(timeout=60)
+        assert status["state"] == "done", status
+        assert status["puma"]["workersExpected"] == 3 and status["puma"]["surge"] is True
+        assert len(started_pod.puma.worker_pids()) == 2  # TTOU culled the extra worker
+        assert started_pod.puma.stats()["phase"] == 1
+    finally:
+        started_pod.agent.stop()
+        started_pod.puma.stop()
