@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -224,7 +225,7 @@ class Plan:
 
 def plan(
     existing_ca: KeyPair | None,
-    existing_leaves: dict[str, KeyPair | None],
+    existing_leaves: Mapping[str, KeyPair | None],
     specs: dict[str, LeafSpec],
     validity: Validity,
     now: dt.datetime,

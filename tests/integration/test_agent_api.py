@@ -120,7 +120,7 @@ def test_the_controller_is_answered_while_300_idle_connections_are_open(agent: A
         for _ in range(10):
             assert client.status(agent.bind, agent.port, identity="pod/agent").state == "idle"
         assert time.monotonic() - started < 5
-        threads = int(subprocess.run(["ps", "-o", "nlwp=", "-p", str(agent.proc.pid)],  # type: ignore[union-attr]
+        threads = int(subprocess.run(["ps", "-o", "nlwp=", "-p", str(agent.proc.pid)],  # type: ignore[union-attr]  # started above
                                      capture_output=True, text=True).stdout.strip())
         assert threads < 20
     finally:

@@ -86,7 +86,7 @@ def start_pod(tmp_path: Path, moto: MotoS3, releases: tuple[str, ...] = ("v1", "
     publish(artifacts, "broken", release_archive("broken", broken=True))
     code = tmp_path / "code"
     init_fetch(code, "v1", f"file://{artifacts}/{{release}}.tar.gz", moto.env)
-    puma = Puma(code, tmp_path, extra_config=PUMA_CONFIG, **puma_options).start()  # type: ignore[arg-type]
+    puma = Puma(code, tmp_path, extra_config=PUMA_CONFIG, **puma_options).start()  # type: ignore[arg-type]  # Puma's own keywords
     # By its pidfile, not by title: this host's PID namespace may hold other Pumas (other tests',
     # or a real node's pods), and the oldest one by title would be watched, and signalled, instead.
     env = {**moto.env, "CFO_RESTART_DEADLINE_SECONDS": "20", "CFO_PUMA_PIDFILE": str(puma.pidfile),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 
@@ -68,7 +69,7 @@ def test_the_summary_never_looks_like_a_test_runner_line() -> None:
 
 
 def test_fill_in_sets_the_ca_bundle_and_the_agents_ca_and_order_puts_the_webhook_last() -> None:
-    objects = [
+    objects: list[dict[str, Any]] = [
         {"kind": "MutatingWebhookConfiguration", "metadata": {"name": "m"}, "webhooks": [{"clientConfig": {}}]},
         {"kind": "ConfigMap", "metadata": {"name": "customer-friendly-policy"}, "data": {"agentClientCA": ""}},
         {"kind": "Namespace", "metadata": {"name": "customer-friendly-system"}},

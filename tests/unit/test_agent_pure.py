@@ -52,7 +52,8 @@ def test_the_master_is_found_by_its_title_with_its_own_workers_in_index_order() 
 
 
 def test_a_pidfile_pid_wins_over_the_title_scan() -> None:
-    assert find_puma(TABLE, master_pid=4400).master.pid == 4400  # type: ignore[union-attr]
+    found = find_puma(TABLE, master_pid=4400)
+    assert found is not None and found.master.pid == 4400
     assert find_puma(TABLE, master_pid=31337) is None
 
 
@@ -61,7 +62,8 @@ def test_no_master_means_none() -> None:
 
 
 def test_a_master_without_workers_is_single_mode() -> None:
-    assert find_puma([p for p in TABLE if p.ppid != 4242]).mode == "single"  # type: ignore[union-attr]
+    single = find_puma([p for p in TABLE if p.ppid != 4242])
+    assert single is not None and single.mode == "single"
 
 
 @pytest.mark.parametrize(("signal_ticks", "expected", "done"), [
@@ -174,7 +176,8 @@ def test_stats_tell_a_finished_phased_restart() -> None:
 
 
 def test_stats_mid_restart_are_not_done() -> None:
-    assert not Stats.parse(DATA["stats_mid_restart"]).phased_restart_done(phase_before=0)  # type: ignore[union-attr]
+    mid_restart = Stats.parse(DATA["stats_mid_restart"])
+    assert mid_restart is not None and not mid_restart.phased_restart_done(phase_before=0)
 
 
 def test_single_mode_stats_have_no_workers() -> None:
@@ -208,17 +211,21 @@ def test_a_crash_looping_workers_output_is_summarized_to_its_distinct_last_lines
         "! Unable to start worker | config.ru:1:in `block in <main>' | Early termination of worker")
 
 
+def pid_of(process: Process | None) -> int | None:
+    return process.pid if process else None
+
+
 def test_a_worker_is_found_by_pidfile_then_pattern_then_as_the_puma_master(tmp_path) -> None:
     from customer_friendly.agent.worker import Target, find
 
     table = [*TABLE, Process(5000, 1, 900, "worker-app v1"), Process(5001, 1, 950, "worker-app v1")]
-    assert find(Target("^worker-app"), table, own_pid=1).pid == 5000  # the oldest match
-    assert find(Target("^worker-app"), table, own_pid=5000).pid == 5001  # never the agent itself
-    assert find(Target(), table, own_pid=1).pid == 4242
+    assert pid_of(find(Target("^worker-app"), table, own_pid=1)) == 5000  # the oldest match
+    assert pid_of(find(Target("^worker-app"), table, own_pid=5000)) == 5001  # never the agent itself
+    assert pid_of(find(Target(), table, own_pid=1)) == 4242
     assert find(Target("^sidekiq"), table, own_pid=1) is None
     pidfile = tmp_path / "worker.pid"
     pidfile.write_text("5001\n")
-    assert find(Target("^nothing", pidfile), table, own_pid=1).pid == 5001
+    assert pid_of(find(Target("^nothing", pidfile), table, own_pid=1)) == 5001
     pidfile.write_text("not a pid")
     assert find(Target(None, pidfile), table, own_pid=1) is None
 

@@ -60,7 +60,7 @@ def restart_on_same_port(running: Running, installation: Installation, tmp_path:
     running.server.server_close()
     context, _ = tls_context(config_for(tmp_path, installation.ca.cert_pem().decode()))
     limits = ServerLimits.of(AgentConfig.from_env(env={}))
-    server = AgentServer(FakeAgent(), context, ("127.0.0.1", port), limits, CONTROLLER_CN)  # type: ignore[arg-type]
+    server = AgentServer(FakeAgent(), context, ("127.0.0.1", port), limits, CONTROLLER_CN)  # type: ignore[arg-type]  # a stand-in Agent
     threading.Thread(target=server.serve_forever, daemon=True).start()
     running.server = server
     return server
@@ -74,7 +74,7 @@ def test_a_new_certificate_for_the_same_agent_is_refused_before_any_request(
     with pytest.raises(AgentError, match="not the agent first seen for this pod"):
         agents.release("127.0.0.1", running.port, ReleaseRequest("v2", "file:///a/{release}.tar.gz"),
                        identity="pod-1/c1")
-    assert running.server.agent.asked == []  # type: ignore[attr-defined]  # nothing was sent
+    assert running.server.agent.asked == []  # type: ignore[attr-defined]  # the stand-in counts; nothing was sent
     # The agent container restarted (a new container id): its new key is pinned.
     assert agents.status("127.0.0.1", running.port, identity="pod-1/c2").release == "v1"
 

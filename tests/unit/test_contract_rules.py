@@ -33,7 +33,7 @@ GOOD = {c.RELEASE: "v1", c.SOURCE: f"s3://bucket/app/{R}.tar.gz"}
 ])
 def test_the_first_bad_policy_key_in_order_is_the_one_named(bad: dict[str, object], named: str) -> None:
     with pytest.raises(PolicyError, match=f"^policy key {re.escape(named)}="):
-        Policy(**bad)  # type: ignore[arg-type]
+        Policy(**bad)  # type: ignore[arg-type]  # wrong types on purpose
 
 
 def test_policy_messages_are_unchanged() -> None:

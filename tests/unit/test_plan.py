@@ -8,13 +8,19 @@ import pytest
 
 from customer_friendly.contract.agent_api import AgentStatus
 from customer_friendly.contract.rollout import COMPLETE, FAILED, PAUSED, PROGRESSING, ROLLED_BACK, Rollout
-from customer_friendly.controller.plan import POLL_SECONDS, MigrationView, PodState, Spec, batch_size, plan
+from customer_friendly.controller.plan import POLL_SECONDS, Actions, MigrationView, PodState, Spec, batch_size, plan
 
 NOW = 1000.0
 
 
 def pods(n: int, serving: str = "v1") -> list[PodState]:
     return [PodState(f"web-{i}", True, serving, AgentStatus("idle", None, serving)) for i in range(n)]
+
+
+def written(actions: Actions) -> Rollout:
+    """The rollout annotation a plan wrote (there must be one)."""
+    assert actions.rollout is not None
+    return actions.rollout
 
 
 class World:
@@ -29,6 +35,12 @@ class World:
         self.events: list[str] = []
         self.now = NOW
 
+    @property
+    def record(self) -> Rollout:
+        """The rollout annotation as last written (there must be one)."""
+        assert self.rollout is not None
+        return self.rollout
+
     def step(self, finish: bool = True) -> None:
         actions = plan(self.spec, self.rollout, self.configmap, list(self.pods.values()), self.now)
         self.events += [e.reason for e in actions.events]
@@ -39,7 +51,7 @@ class World:
         if actions.rollout is not None:
             self.rollout = actions.rollout
             if actions.ask:
-                self.batches.append(actions.rollout.batch)
+                self.batches.append(written(actions).batch)
         for name, release in actions.ask.items():
             self.asked.append((name, release))
             pod = self.pods[name]
@@ -75,8 +87,8 @@ def test_a_rollout_goes_canary_first_then_in_batches_and_completes() -> None:
     assert world.batches == [("web-0",), ("web-1", "web-2", "web-3"), ("web-4",)]
     assert world.configmap == "v2"
     assert {p.serving for p in world.pods.values()} == {"v2"}
-    assert world.rollout.phase == COMPLETE and world.rollout.previous == "v1"
-    assert world.rollout.updated == 5 and world.rollout.total == 5
+    assert world.record.phase == COMPLETE and world.record.previous == "v1"
+    assert world.record.updated == 5 and world.record.total == 5
     assert world.events[0] == "RolloutStarted" and world.events[-1] == "RolloutComplete"
 
 
@@ -94,7 +106,7 @@ def test_the_configmap_moves_before_any_agent_is_asked() -> None:
 def test_a_batch_is_recorded_before_its_agents_are_asked_and_resumed_after_a_crash() -> None:
     world = World(Spec("v2", "s", replicas=3, canary=1), pods(3))
     world.step(finish=False)  # web-0 is restarting when the controller dies
-    recorded = world.rollout
+    recorded = world.record
     assert recorded.batch == ("web-0",) and recorded.batch_release == "v2"
     # A new controller reads the same annotation and agent states: it asks nobody again.
     again = plan(world.spec, recorded, world.configmap, list(world.pods.values()), NOW + 5)
@@ -114,7 +126,7 @@ def test_pods_not_running_are_skipped_and_verified_when_they_report() -> None:
     states = [*pods(2), PodState("web-new", False, None, None)]
     world = World(Spec("v2", "s", replicas=3), states).run()
     assert ("web-new", "v2") not in world.asked
-    assert world.rollout.phase == COMPLETE and "1 not running yet" in world.rollout.message
+    assert world.record.phase == COMPLETE and "1 not running yet" in world.record.message
     world.pods["web-new"] = PodState("web-new", True, None, AgentStatus("idle", None, "v2"))
     world.run()
     assert world.pods["web-new"].serving == "v2"
@@ -123,8 +135,8 @@ def test_pods_not_running_are_skipped_and_verified_when_they_report() -> None:
 def test_a_failure_stops_the_rollout_and_rolls_back_what_moved() -> None:
     world = World(Spec("v2", "s", replicas=4, canary=1, max_unavailable="2"), pods(4), broken=frozenset({"v2"}))
     world.run()
-    assert world.rollout.phase == ROLLED_BACK
-    assert world.rollout.failed_pod == "web-0" and "restart not done" in world.rollout.reason
+    assert world.record.phase == ROLLED_BACK
+    assert world.record.failed_pod == "web-0" and "restart not done" in str(world.record.reason)
     assert world.asked == [("web-0", "v2"), ("web-0", "v1")]  # the canary only, then back
     assert {p.serving for p in world.pods.values()} == {"v1"}
     assert world.configmap == "v1"
@@ -139,12 +151,12 @@ def test_a_failed_release_is_not_retried_until_a_new_release_or_retry() -> None:
     world.broken = frozenset()
     world.spec = replace(world.spec, retry="1")
     world.run()
-    assert world.rollout.phase == COMPLETE and {p.serving for p in world.pods.values()} == {"v2"}
+    assert world.record.phase == COMPLETE and {p.serving for p in world.pods.values()} == {"v2"}
 
 
 def test_without_auto_rollback_a_failure_just_stops() -> None:
     world = World(Spec("v2", "s", replicas=3, auto_rollback=False), pods(3), broken=frozenset({"v2"})).run()
-    assert world.rollout.phase == FAILED and world.asked == [("web-0", "v2")]
+    assert world.record.phase == FAILED and world.asked == [("web-0", "v2")]
     assert world.configmap == "v1"  # new pods never start on a release known to fail
 
 
@@ -153,7 +165,7 @@ def test_a_batch_past_its_deadline_fails() -> None:
     world.step(finish=False)
     world.now += 60
     world.step()
-    assert "did not finish within 30s" in (world.rollout.reason or "")
+    assert "did not finish within 30s" in (world.record.reason or "")
 
 
 def test_paused_stops_between_batches_and_resumes() -> None:
@@ -161,11 +173,11 @@ def test_paused_stops_between_batches_and_resumes() -> None:
     world.step()  # canary asked
     world.spec = replace(world.spec, paused=True)
     world.run()
-    assert world.rollout.phase == PAUSED and len(world.asked) == 1
+    assert world.record.phase == PAUSED and len(world.asked) == 1
     assert world.pods["web-0"].serving == "v2"
     world.spec = replace(world.spec, paused=False)
     world.run()
-    assert world.rollout.phase == COMPLETE and len(world.asked) == 4
+    assert world.record.phase == COMPLETE and len(world.asked) == 4
 
 
 def test_a_newer_release_mid_batch_finishes_the_batch_then_moves_everyone_to_it() -> None:
@@ -173,10 +185,10 @@ def test_a_newer_release_mid_batch_finishes_the_batch_then_moves_everyone_to_it(
     world.step(finish=False)  # the canary is restarting to v2
     world.spec = replace(world.spec, release="v3")
     world.step()
-    assert world.configmap == "v3" and world.rollout.release == "v2" and world.rollout.batch == ("web-0",)
+    assert world.configmap == "v3" and world.record.release == "v2" and world.record.batch == ("web-0",)
     world.pods["web-0"] = replace(world.pods["web-0"], agent=AgentStatus("done", "v2", "v2"))
     world.run()
-    assert world.rollout.release == "v3" and world.rollout.phase == COMPLETE
+    assert world.record.release == "v3" and world.record.phase == COMPLETE
     assert {p.serving for p in world.pods.values()} == {"v3"}
     assert ("web-0", "v3") in world.asked
 
@@ -186,7 +198,7 @@ def test_scaling_up_mid_rollout_includes_the_new_running_pods() -> None:
     world.step()
     world.pods["web-9"] = PodState("web-9", True, None, AgentStatus("idle", None, "v1"))
     world.run()
-    assert world.pods["web-9"].serving == "v2" and world.rollout.total == 4
+    assert world.pods["web-9"].serving == "v2" and world.record.total == 4
 
 
 def test_a_batch_pod_whose_agent_was_born_on_the_release_counts_as_done() -> None:
@@ -198,14 +210,14 @@ def test_a_batch_pod_whose_agent_was_born_on_the_release_counts_as_done() -> Non
     world = World(spec, states)
     world.step()  # the canary
     world.step()  # the next batch: web-1
-    assert world.rollout.batch == ("web-1",)
+    assert world.record.batch == ("web-1",)
     world.step()  # web-new is pending and unverified: it is the next batch
-    assert world.rollout.batch == ("web-new",)
+    assert world.record.batch == ("web-new",)
     world.pods["web-new"] = PodState("web-new", True, None, AgentStatus("idle", None, "v2"))  # a no-op ask
     world.step()
-    assert world.pods["web-new"].serving == "v2" and not world.rollout.batch
+    assert world.pods["web-new"].serving == "v2" and not world.record.batch
     world.run()
-    assert world.rollout.phase == COMPLETE and world.rollout.updated == 3
+    assert world.record.phase == COMPLETE and world.record.updated == 3
 
 
 def test_the_rollout_annotation_round_trips() -> None:
@@ -223,7 +235,7 @@ def test_a_migration_runs_before_any_pod_is_touched_and_the_configmap_waits_for_
     running = plan(spec, actions.rollout, "v1", list(world.pods.values()), NOW + 1, MigrationView("running"))
     assert running.run_migration is None and running.ask == {} and running.requeue_seconds == 1.0
     done = plan(spec, actions.rollout, "v1", list(world.pods.values()), NOW + 2, MigrationView("succeeded"))
-    assert done.rollout.migrated and "MigrationSucceeded" in [e.reason for e in done.events]
+    assert written(done).migrated and "MigrationSucceeded" in [e.reason for e in done.events]
     after = plan(spec, done.rollout, "v1", list(world.pods.values()), NOW + 3, MigrationView("succeeded"))
     assert after.configmap_release == "v2" and after.ask == {"web-0": "v2"}
 
@@ -234,8 +246,8 @@ def test_a_failed_migration_fails_the_release_without_touching_a_pod() -> None:
     started = plan(spec, None, "v1", list(world.pods.values()), NOW)
     failed = plan(spec, started.rollout, "v1", list(world.pods.values()), NOW + 1,
                   MigrationView("failed", "PG::UndefinedTable"))
-    assert failed.rollout.phase == FAILED and "PG::UndefinedTable" in failed.rollout.reason
-    assert failed.ask == {} and failed.rollout.updated == 0
+    assert written(failed).phase == FAILED and "PG::UndefinedTable" in str(written(failed).reason)
+    assert failed.ask == {} and written(failed).updated == 0
     later = plan(spec, failed.rollout, "v1", list(world.pods.values()), NOW + 2, MigrationView("failed", "x"))
     assert later.ask == {} and later.run_migration is None
 
@@ -243,13 +255,13 @@ def test_a_failed_migration_fails_the_release_without_touching_a_pod() -> None:
 def test_a_first_release_has_nothing_to_wait_for() -> None:
     spec = Spec("v1", "s", replicas=2, migrate="bin/rails db:migrate")
     actions = plan(spec, None, None, pods(2, serving="v1"), NOW)
-    assert actions.run_migration is None and actions.rollout.phase == COMPLETE
+    assert actions.run_migration is None and written(actions).phase == COMPLETE
 
 
 def test_a_group_member_waits_for_the_earlier_roles_and_its_configmap_with_it() -> None:
     spec = Spec("v2", "s", replicas=2, group_block="web (app shop)")
     actions = plan(spec, None, "v1", pods(2), NOW)
-    assert actions.ask == {} and "waiting for web" in actions.rollout.message
+    assert actions.ask == {} and "waiting for web" in written(actions).message
     assert actions.configmap_release is None and actions.requeue_seconds == 1.0
     go = plan(replace(spec, group_block=None), actions.rollout, "v1", pods(2), NOW + 1)
     assert go.ask == {"web-0": "v2"} and go.configmap_release == "v2"
@@ -257,14 +269,14 @@ def test_a_group_member_waits_for_the_earlier_roles_and_its_configmap_with_it() 
 
 def test_a_failure_elsewhere_in_the_group_rolls_back_what_moved_here() -> None:
     world = World(Spec("v2", "s", replicas=2, max_unavailable="100%", canary=0), pods(2)).run()
-    assert world.rollout.phase == COMPLETE
+    assert world.record.phase == COMPLETE
     world.spec = replace(world.spec, group_failure="worker failed: no process found")
     world.run()
-    assert world.rollout.phase == ROLLED_BACK and "app group: worker failed" in world.rollout.message
+    assert world.record.phase == ROLLED_BACK and "app group: worker failed" in world.record.message
     assert {p.serving for p in world.pods.values()} == {"v1"} and world.configmap == "v1"
 
 
 def test_a_group_failure_before_starting_fails_without_touching_pods() -> None:
     spec = Spec("v2", "s", replicas=2, group_block="web", group_failure="web failed: boom")
     actions = plan(spec, None, "v1", pods(2), NOW)
-    assert actions.rollout.phase == FAILED and actions.ask == {} and "not started" in actions.rollout.message
+    assert written(actions).phase == FAILED and actions.ask == {} and "not started" in written(actions).message

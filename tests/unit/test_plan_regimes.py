@@ -398,7 +398,8 @@ def test_the_next_batch(rollout: Rollout, updated: int, batch: tuple[str, ...]) 
     assert actions.ask == dict.fromkeys(batch, "v2") and actions.requeue_seconds == POLL_SECONDS
     assert actions.rollout == replace(rollout, phase=PROGRESSING, updated=updated, total=4, batch=batch,
                                       batch_release="v2", batch_started_at=NOW,
-                                      batch_number=rollout.batch_number + 1, message=actions.rollout.message)
+                                      batch_number=rollout.batch_number + 1,
+                                      message=actions.rollout.message if actions.rollout else "")
 
 
 @pytest.mark.parametrize(("spec", "rollout", "pods", "migration", "phase", "message", "ask"), [
