@@ -46,7 +46,9 @@ from testbed.node import Node, running_node
 from testbed.node_app import GOOD_APP, PUMA_CONFIG, PUMA_PORT, Peaks, Product, Sources, WebApp, node_release
 
 RESULTS = Path(os.environ.get("CFO_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
-STRATEGIES = ("native rolling update", "native + readiness, preStop", "ours, in place")
+STRATEGIES = ("native rolling update", "native + readiness, preStop", "ours, in place, no surge",
+              "ours, in place")
+"""The last is our default: a phased restart with one surge worker per pod (worker-surge)."""
 
 
 @dataclass
@@ -190,9 +192,10 @@ class Bench:
         finally:
             self.remove(app)
 
-    def ours(self) -> Result:
+    def ours(self, surge: bool = True) -> Result:
         app = self._app()
-        app.deploy("v1", annotations={"customer-friendly.dev/max-unavailable": "50%"})
+        app.deploy("v1", annotations={"customer-friendly.dev/max-unavailable": "50%",
+                                      "customer-friendly.dev/worker-surge": "true" if surge else "false"})
 
         def release() -> None:
             app.kubectl("annotate", "deployment", "web", "customer-friendly.dev/release=v2", "--overwrite")
@@ -202,7 +205,7 @@ class Bench:
             return rollout.get("release") == "v2" and rollout.get("phase") == "Complete" and not rollout.get("batch")
 
         try:
-            return self.measure(STRATEGIES[2], app, release, done)
+            return self.measure(STRATEGIES[3 if surge else 2], app, release, done)
         finally:
             self.remove(app)
 
@@ -251,7 +254,7 @@ def chart(rows: list[Result], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 5, figsize=(18, 3.8))
+    fig, axes = plt.subplots(1, 5, figsize=(20, 3.8))
     names = [r.strategy.replace(", ", ",\n").replace(" + ", "\n+ ") for r in rows]
     for ax, (title, values) in zip(axes, [
         ("failed requests", [r.failed for r in rows]),
@@ -260,7 +263,7 @@ def chart(rows: list[Result], path: Path) -> None:
         ("peak extra pods", [r.extra_pods for r in rows]),
         ("CPU seconds of the release", [r.release_cpu_seconds for r in rows]),
     ], strict=True):
-        ax.bar(names, values, color=["#c0504d", "#f79646", "#4f81bd"][: len(rows)])
+        ax.bar(names, values, color=["#c0504d", "#f79646", "#9bbb59", "#4f81bd"][: len(rows)])
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle("Release v2 under a constant POST load through a ClusterIP, on a real node (medians)")
@@ -287,7 +290,8 @@ def main() -> int:
             bench = Bench(node, Product(node, sources, Path(tmp) / "product").install(), args)
             runs: dict[str, list[Result]] = {}
             for i in range(args.runs):
-                for runner in (lambda: bench.native(False), lambda: bench.native(True), bench.ours):
+                for runner in (lambda: bench.native(False), lambda: bench.native(True),
+                               lambda: bench.ours(surge=False), bench.ours):
                     result = runner()
                     runs.setdefault(result.strategy, []).append(result)
                     print(f"run {i + 1}/{args.runs} {result.strategy}: failed {result.failed} of {result.sent}, "
