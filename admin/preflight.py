@@ -12,6 +12,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from customer_friendly.contract import SOURCE
+from customer_friendly.contract.objects import annotations_of
 from customer_friendly.contract.policy import Policy
 
 EFS_PROVISIONER = "efs.csi.aws.com"
@@ -97,8 +99,7 @@ def efs_checks(fs_id: str, file_systems: list[dict[str, Any]], mount_targets: in
 def source_buckets(deployments: list[dict[str, Any]]) -> set[str]:
     buckets = set()
     for deployment in deployments:
-        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
-        source = annotations.get("customer-friendly.dev/source", "")
+        source = annotations_of(deployment).get(SOURCE, "")
         if source.startswith("s3://"):
             buckets.add(urllib.parse.urlsplit(source).netloc)
     return buckets

@@ -10,12 +10,11 @@ Deployment selects.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from customer_friendly import contract as c
 from customer_friendly.contract.agent_api import AgentEnv
+from customer_friendly.contract.objects import Obj
 
-Obj = dict[str, Any]
 KEEP_FINISHED_SECONDS = 24 * 3600
 """A finished Job (and its pod's log) stays this long for inspection."""
 

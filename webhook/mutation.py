@@ -24,10 +24,9 @@ from typing import Any
 
 from customer_friendly import contract as c
 from customer_friendly.contract.agent_api import AgentEnv
+from customer_friendly.contract.objects import Obj
 from customer_friendly.contract.policy import Policy
 from customer_friendly.contract.settings import Refusal, ReleaseSettings, check_source, show, show_names
-
-Obj = dict[str, Any]
 
 MAX_PRE_STOP_SLEEP = 86400
 """A user's own preStop sleep above this (a day) is refused: it would also size the grace period."""

@@ -17,13 +17,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from customer_friendly.contract.objects import Obj
 from customer_friendly.contract.policy import Policy
 from customer_friendly.contract.settings import Refusal, opted_in, resolve, unknown_annotation_warnings
 from customer_friendly.webhook import mutation
 
 logger = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
+
 
 API_VERSION = "admission.k8s.io/v1"
 
