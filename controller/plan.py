@@ -399,6 +399,30 @@ def _pause(rollout: Rollout, pods: list[PodState], updated: int, actions: Action
     return actions
 
 
+def _unverified(pod: PodState, mark: dict[str, str]) -> bool:
+    """A running pod that does not say yet what it serves: no annotation, and its agent did not
+    answer (still starting) or is busy. It may well serve the release already (born on it from
+    the Deployment or the ConfigMap), so it is not asked until it says; asking would restart
+    Puma for nothing."""
+    agent = pod.agent
+    return _serving(pod, mark) is None and (agent is None or agent.release is None or agent.state in RUNNING_STATES)
+
+
+def _verification_overdue(spec: Spec, rollout: Rollout, now: float) -> bool:
+    """Waiting for silent agents ends after a batch deadline from the rollout's start: they are
+    then asked like any pending pod, and an agent that never answers fails its batch loudly
+    instead of holding the rollout forever."""
+    return rollout.started_at is not None and now - rollout.started_at > spec.batch_deadline_seconds
+
+
+def _wait_for_agents(rollout: Rollout, unverified: int, actions: Actions) -> Actions:
+    """Only pods whose agents have not said what they serve are left: look again soon."""
+    message = f"waiting for the agents of {unverified} pods to say what they serve"
+    actions.rollout = replace(rollout, message=message) if rollout.message != message else None
+    actions.requeue_seconds = 1.0
+    return actions
+
+
 def _next_batch(spec: Spec, rollout: Rollout, pending: list[PodState], pods: list[PodState], updated: int,
                 actions: Actions, now: float) -> Actions:
     """The next batch of pending pods: the canary while no pod has moved, then max-unavailable."""
@@ -430,6 +454,11 @@ def _between_batches(spec: Spec, rollout: Rollout, pods: list[PodState], migrati
         return _complete(spec, rollout, pods, updated, actions)
     if spec.paused:
         return _pause(rollout, pods, updated, actions)
+    known = [p for p in pending if not _unverified(p, actions.mark)]
+    if len(known) < len(pending) and not _verification_overdue(spec, rollout, now):
+        if not known:
+            return _wait_for_agents(rollout, len(pending), actions)
+        pending = known
     return _next_batch(spec, rollout, pending, pods, updated, actions, now)
 
 

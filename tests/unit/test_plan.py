@@ -201,17 +201,46 @@ def test_scaling_up_mid_rollout_includes_the_new_running_pods() -> None:
     assert world.pods["web-9"].serving == "v2" and world.record.total == 4
 
 
-def test_a_batch_pod_whose_agent_was_born_on_the_release_counts_as_done() -> None:
-    """A pod created from the ConfigMap mid-rollout is Running before its agent answers, so it
-    can land in a batch unverified. Asked for v2, its agent has nothing to do and stays idle on
-    v2: the batch must take that as done, not wait for its deadline and roll back."""
+def test_a_pod_whose_agent_has_not_answered_is_waited_for_never_asked() -> None:
+    """A pod is Running before its agent listens. Born from the Deployment or the ConfigMap, it
+    may serve the release already: asking it would restart Puma for nothing. The plan moves the
+    pods it knows about and waits for the silent one to say what it serves."""
     spec = Spec("v2", "s", replicas=3, canary=1, max_unavailable="1", batch_deadline_seconds=30)
     states = [*pods(2), PodState("web-new", True, None, None)]  # its agent not listening yet
     world = World(spec, states)
-    world.step()  # the canary
-    world.step()  # the next batch: web-1
-    assert world.record.batch == ("web-1",)
-    world.step()  # web-new is pending and unverified: it is the next batch
+    world.run()
+    assert ("web-new", "v2") not in world.asked and world.batches == [("web-0",), ("web-1",)]
+    assert world.record.phase == PROGRESSING and not world.record.batch
+    assert world.record.message == "waiting for the agents of 1 pods to say what they serve"
+    world.pods["web-new"] = PodState("web-new", True, None, AgentStatus("idle", None, "v2"))  # born on v2
+    world.run()
+    assert world.pods["web-new"].serving == "v2" and ("web-new", "v2") not in world.asked
+    assert world.record.phase == COMPLETE and world.record.updated == 3
+
+
+def test_a_first_release_asks_no_pod_that_starts_on_it() -> None:
+    """The first release: every pod starts on it from the Deployment. Agents still starting are
+    waited for, then verified; none is asked (a pod asked here would restart its Puma)."""
+    states = [PodState(f"web-{i}", True, None, None) for i in range(3)]
+    world = World(Spec("v1", "s", replicas=3), states, configmap=None)
+    world.run()
+    assert world.asked == [] and world.record.phase == PROGRESSING
+    for name in world.pods:
+        world.pods[name] = PodState(name, True, None, AgentStatus("idle", None, "v1"))
+    world.run()
+    assert world.asked == [] and world.record.phase == COMPLETE and world.record.updated == 3
+
+
+def test_a_silent_agent_is_asked_once_overdue_and_counts_as_done_when_idle_on_the_release() -> None:
+    """Waiting for a silent agent ends a batch deadline after the rollout started: it is then
+    asked like any pending pod (an agent that never answers fails its batch). If it was in fact
+    born on the release, its agent stays idle on it, and the batch takes that as done."""
+    spec = Spec("v2", "s", replicas=3, canary=1, max_unavailable="1", batch_deadline_seconds=30)
+    states = [*pods(2), PodState("web-new", True, None, None)]
+    world = World(spec, states)
+    world.run()
+    world.now += spec.batch_deadline_seconds
+    world.step()
     assert world.record.batch == ("web-new",)
     world.pods["web-new"] = PodState("web-new", True, None, AgentStatus("idle", None, "v2"))  # a no-op ask
     world.step()
