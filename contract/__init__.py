@@ -43,6 +43,10 @@ DRAIN_SECONDS = PREFIX + "drain-seconds"
 
 WORKER_SURGE = PREFIX + "worker-surge"
 """"false" turns off the extra Puma worker of a phased restart (the policy's workerSurge is the default)."""
+TRAFFIC = PREFIX + "traffic"
+"""live (default): a pod serves through its restart. drain: it leaves the Service's endpoints first."""
+SETTLE_SECONDS = PREFIX + "settle-seconds"
+"""traffic: drain: how long a pod waits, once out of the endpoints, before it restarts."""
 
 # Written by the controller.
 ROLLOUT = PREFIX + "rollout"
@@ -50,7 +54,8 @@ ROLLOUT = PREFIX + "rollout"
 USER_ANNOTATIONS = (
     ENABLED, RELEASE, SOURCE, CONTAINER, CODE_PATH, RESTART, PRE_STOP_SECONDS,
     MAX_REQUEST_SECONDS, MAX_UNAVAILABLE, CANARY, VOLUME, STORAGE_CLASS, PAUSED, RETRY,
-    MIGRATE, MIGRATE_TIMEOUT, PROCESS, QUIET_SIGNAL, DRAIN_SECONDS, APP, ROLE, WORKER_SURGE,
+    MIGRATE, MIGRATE_TIMEOUT, PROCESS, QUIET_SIGNAL, DRAIN_SECONDS, APP, ROLE, WORKER_SURGE, TRAFFIC,
+    SETTLE_SECONDS,
 )
 KNOWN_ANNOTATIONS = frozenset((*USER_ANNOTATIONS, ROLLOUT))
 
@@ -81,6 +86,16 @@ def is_restart_mode(value: str) -> bool:
         return value[len(SIGNAL_PREFIX):] in SIGNAL_NAMES
     return value in RESTART_MODES
 
+
+TRAFFIC_LIVE = "live"
+TRAFFIC_DRAIN = "drain"
+TRAFFIC_MODES = (TRAFFIC_LIVE, TRAFFIC_DRAIN)
+DEFAULT_SETTLE_SECONDS = 5
+"""Long enough for kube-proxy on every node to drop a pod that left the EndpointSlices; behind a
+cloud load balancer that targets pods, set settle-seconds to its deregistration delay."""
+IN_PLACE_READY = PREFIX + "in-place-ready"
+"""The pod readiness gate (and condition type) of traffic: drain: the controller sets it False to
+take a pod out of the Service's endpoints before its restart, and True once it serves again."""
 
 RESTART_ACCEPTS = "phased (SIGUSR1, Puma cluster mode), hot (SIGUSR2), drain (quiet, then TERM) or signal:<NAME>"
 VOLUME_KINDS = ("efs", "emptyDir")

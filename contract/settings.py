@@ -48,6 +48,13 @@ class ReleaseSettings:
     quiet_signal: str = c.DEFAULT_QUIET_SIGNAL
     drain_seconds: int = c.DEFAULT_DRAIN_SECONDS
     worker_surge: bool = False
+    traffic: str = c.TRAFFIC_LIVE
+    settle_seconds: int = c.DEFAULT_SETTLE_SECONDS
+
+    @property
+    def drains_traffic(self) -> bool:
+        """The pod leaves the Service's endpoints before its restart (a readiness gate holds it out)."""
+        return self.traffic == c.TRAFFIC_DRAIN
 
     def restart_options(self) -> RestartOptions:
         """What the controller asks each agent to do after `current` moves."""
@@ -315,7 +322,18 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[str], policy: P
         quiet_signal=quiet,
         drain_seconds=_seconds(annotations, c.DRAIN_SECONDS, c.DEFAULT_DRAIN_SECONDS, 0, 3600),
         worker_surge=_worker_surge(annotations, policy),
+        traffic=_traffic(annotations),
+        settle_seconds=_seconds(annotations, c.SETTLE_SECONDS, c.DEFAULT_SETTLE_SECONDS, 0, 3600),
     )
+
+
+def _traffic(annotations: Mapping[str, str]) -> str:
+    """live (the pod serves through its restart) or drain (it leaves the endpoints first)."""
+    traffic = annotations.get(c.TRAFFIC, c.TRAFFIC_LIVE)
+    if traffic not in c.TRAFFIC_MODES:
+        raise _refuse(c.TRAFFIC, traffic, "live (serve through the restart, the default) or drain "
+                      "(leave the Service's endpoints first, for apps that cannot phase)")
+    return traffic
 
 
 def _worker_surge(annotations: Mapping[str, str], policy: Policy) -> bool:

@@ -1,8 +1,9 @@
 """The one module that talks to the Kubernetes API for the controller.
 
 Only what the ClusterRole in manifests/base/controller-rbac.yaml grants: Deployments and
-Pods (get, list, watch, patch), ConfigMaps (get, create, patch), Events (create), and a
-Lease in the controller's own namespace.
+Pods (get, list, watch, patch), pods/status (patch: the in-place-ready condition of traffic:
+drain), EndpointSlices (list), ConfigMaps (get, create, patch), Events (create), and a Lease
+in the controller's own namespace.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
 from customer_friendly import contract as c
+from customer_friendly.contract.readiness import ready_endpoint_pods
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +132,21 @@ class Kube:
             self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
         except ApiException as err:
             if err.status != 404:  # a pod deleted meanwhile needs no annotation
+                raise
+
+    def ready_endpoint_pods(self, namespace: str) -> frozenset[str]:
+        """Pods the namespace's EndpointSlices list as ready: traffic can still reach them."""
+        self._count()
+        slices = client.DiscoveryV1Api(self.core.api_client).list_namespaced_endpoint_slice(namespace)
+        return ready_endpoint_pods(self.core.api_client.sanitize_for_serialization(slices).get("items", []))
+
+    def set_pod_condition(self, namespace: str, name: str, condition: dict[str, str]) -> None:
+        """A strategic merge of one condition (merged by type) into the pod's status."""
+        self._count()
+        try:
+            self.core.patch_namespaced_pod_status(name, namespace, {"status": {"conditions": [condition]}})
+        except ApiException as err:
+            if err.status != 404:  # a pod deleted meanwhile holds no traffic
                 raise
 
     def event(self, deployment: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:

@@ -53,6 +53,14 @@ class PodState:
     """The pod's customer-friendly.dev/release annotation."""
     agent: AgentStatus | None = None
     """What its agent said, or None when it could not be asked."""
+    gated: bool = False
+    """It has the in-place-ready readiness gate (traffic: drain): the controller can take it out of the endpoints."""
+    gate_open: bool | None = None
+    """The gate's condition: True (in the endpoints when healthy), False (held out), None (never set)."""
+    gate_closed_at: float | None = None
+    """When the condition last became False."""
+    in_endpoints: bool = False
+    """Listed as ready in one of the namespace's EndpointSlices: traffic can still reach it."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,9 @@ class Spec:
     """Why this Deployment must wait for others of its app group (web before workers before cron)."""
     group_failure: str | None = None
     """A Deployment of the same app group failed on this release."""
+    drain: bool = False
+    """traffic: drain: a pod leaves the Service's endpoints, and settles, before its agent is asked."""
+    settle_seconds: float = 5.0
 
 
 @dataclass
@@ -95,6 +106,8 @@ class Actions:
     """The new annotation; written before any agent is asked."""
     ask: dict[str, str] = field(default_factory=dict)
     """pod name -> release its agent must go to"""
+    gates: dict[str, bool] = field(default_factory=dict)
+    """pod name -> the in-place-ready condition to set (False: out of the endpoints; True: back in)"""
     run_migration: str | None = None
     """Create the migration Job for this release (the shell finds it again by name)."""
     events: list[Event] = field(default_factory=list)
@@ -196,6 +209,34 @@ def _reported_releases(rollout: Rollout, pods: list[PodState]) -> dict[str, str]
             if pod.name not in rollout.batch and (release := _reported_release(pod))}
 
 
+def _gates_to_open(rollout: Rollout, pods: list[PodState]) -> dict[str, bool]:
+    """Every running pod with the in-place-ready gate serves unless a batch in flight holds it
+    out: a new pod's condition is set for the first time, and one left closed (by a batch that
+    failed or was cut short) opens again. Level-based, so a crash never strands a pod outside."""
+    return {pod.name: True for pod in pods
+            if pod.ready and _held_out(pod) and pod.name not in rollout.batch}
+
+
+def _held_out(pod: PodState) -> bool:
+    return pod.gated and pod.gate_open is not True
+
+
+def _drain_then_ask(spec: Spec, pods: list[PodState], release: str, actions: Actions, now: float) -> None:
+    """Asks each pod's agent for `release`, the traffic: drain way when the Deployment wants it:
+    first the gate closes (the kubelet turns the pod NotReady and the EndpointSlices drop it),
+    then the pod settles for settle-seconds out of every EndpointSlice (kube-proxy everywhere,
+    and a load balancer, stop sending), and only then is its agent asked. The pod still serves
+    what reaches it meanwhile, so a stale endpoint drops nothing. A pod without the gate (its
+    template predates traffic: drain) cannot be held out and is asked at once."""
+    for pod in pods:
+        if not (spec.drain and pod.gated):
+            actions.ask[pod.name] = release
+        elif pod.gate_open is not False:
+            actions.gates[pod.name] = False
+        elif not (pod.in_endpoints or pod.gate_closed_at is None or now - pod.gate_closed_at < spec.settle_seconds):
+            actions.ask[pod.name] = release
+
+
 # --- Regime 3: a batch in flight -------------------------------------------------------------
 
 
@@ -276,7 +317,9 @@ def _collect_batch(spec: Spec, rollout: Rollout, pods: list[PodState], actions: 
     want = _batch_release(rollout)
     view = _read_batch(rollout, want, pods)
     actions.mark.update(dict.fromkeys(view.done, want))
-    actions.ask.update(dict.fromkeys(view.unasked, want))
+    by_name = {p.name: p for p in pods}
+    _drain_then_ask(spec, [by_name[name] for name in view.unasked], want, actions, now)
+    actions.gates.update({name: True for name in view.done if _held_out(by_name[name])})
     failure = view.failure or _deadline_failure(spec, rollout, view.remaining, now)
     updated = sum(1 for p in pods if _serving(p, actions.mark) == rollout.release)
     if failure is not None and not rollout.rolling_back:
@@ -347,7 +390,7 @@ def _migrate(spec: Spec, rollout: Rollout, migration: MigrationView | None, acti
     return actions
 
 
-def _roll_back(rollout: Rollout, pods: list[PodState], actions: Actions, now: float) -> Actions:
+def _roll_back(spec: Spec, rollout: Rollout, pods: list[PodState], actions: Actions, now: float) -> Actions:
     """After a failure, every running pod not on the previous release is asked back to it, in one
     batch, until none is left; then the rollout ends RolledBack. A record that is rolling back
     with no previous release (`_fail` never writes one) has nowhere to go: it stops Failed."""
@@ -365,7 +408,7 @@ def _roll_back(rollout: Rollout, pods: list[PodState], actions: Actions, now: fl
                                   + str(rollout.reason))
         actions.events.append(Event("RolledBack", actions.rollout.message, warning=True))
         return actions
-    return _ask_batch(rollout, back, len(back), previous, actions, now)
+    return _ask_batch(spec, rollout, back, len(back), previous, actions, now)
 
 
 def _stay_stopped(rollout: Rollout, actions: Actions) -> Actions:
@@ -428,7 +471,7 @@ def _next_batch(spec: Spec, rollout: Rollout, pending: list[PodState], pods: lis
     """The next batch of pending pods: the canary while no pod has moved, then max-unavailable."""
     first = updated == 0 and rollout.batch_number == 0
     progressing = replace(rollout, phase=PROGRESSING, updated=updated, total=len(pods))
-    return _ask_batch(progressing, pending, batch_size(spec, first), spec.release, actions, now)
+    return _ask_batch(spec, progressing, pending, batch_size(spec, first), spec.release, actions, now)
 
 
 def _between_batches(spec: Spec, rollout: Rollout, pods: list[PodState], migration: MigrationView | None,
@@ -445,7 +488,7 @@ def _between_batches(spec: Spec, rollout: Rollout, pods: list[PodState], migrati
     if rollout.phase not in ABANDONED_PHASES and migration_pending(spec, rollout):
         return _migrate(spec, rollout, migration, actions)
     if rollout.rolling_back:
-        return _roll_back(rollout, pods, actions, now)
+        return _roll_back(spec, rollout, pods, actions, now)
     if rollout.phase in ABANDONED_PHASES:
         return _stay_stopped(rollout, actions)
     pending = sorted((p for p in pods if p.ready and _serving(p, actions.mark) != spec.release), key=lambda p: p.name)
@@ -474,6 +517,7 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
     rollout = _start_if_wanted(spec, rollout, configmap_release, actions, now)
     actions.configmap_release = _configmap_change(spec, rollout, configmap_release)
     actions.mark = _reported_releases(rollout, pods)
+    actions.gates = _gates_to_open(rollout, pods)
     if rollout.batch:
         collected = _collect_batch(spec, rollout, pods, actions, now)
         if collected is None:
@@ -485,17 +529,20 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
 # --- Shared by the regimes -------------------------------------------------------------------
 
 
-def _ask_batch(rollout: Rollout, pending: list[PodState], size: int, release: str, actions: Actions,
+def _ask_batch(spec: Spec, rollout: Rollout, pending: list[PodState], size: int, release: str, actions: Actions,
                now: float) -> Actions:
-    """Records the batch (written before any agent is asked, so a crash resumes it) and asks its
-    agents: the first `size` pending pods, to `release`."""
+    """Records the batch (written before any pod is touched, so a crash resumes it) and asks its
+    agents (after draining them, with traffic: drain): the first `size` pending pods, to `release`."""
     batch = tuple(p.name for p in pending[:size])
     number = rollout.batch_number + 1
     message = (f"rolling back {len(batch)} pods to {release}" if rollout.rolling_back
                else f"batch {number}: {len(batch)} pods to {release} ({rollout.updated} of {rollout.total} done)")
     actions.rollout = replace(rollout, batch=batch, batch_release=release, batch_started_at=now, batch_number=number,
                               message=message)
-    actions.ask = dict.fromkeys(batch, release)
+    actions.ask.clear()
+    for name in batch:  # a pod of the batch is held out, or let back in, by the batch alone
+        actions.gates.pop(name, None)
+    _drain_then_ask(spec, pending[:size], release, actions, now)
     actions.events.append(Event("BatchStarted", f"{message}: {', '.join(batch)}"))
     actions.requeue_seconds = POLL_SECONDS
     return actions
@@ -522,4 +569,4 @@ def _fail(spec: Spec, rollout: Rollout, pods: list[PodState], failure: Failure, 
     actions.events.append(Event("RollingBack", f"rolling {len(back)} pods back to {rollout.previous}",
                                 warning=True))
     failed = replace(failed, rolling_back=True)
-    return _ask_batch(failed, back, len(back), rollout.previous, actions, now)
+    return _ask_batch(spec, failed, back, len(back), rollout.previous, actions, now)

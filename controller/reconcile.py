@@ -19,6 +19,7 @@ from customer_friendly.contract.agent_api import AgentStatus, ReleaseRequest
 from customer_friendly.contract.objects import Obj, annotations_of, pod_running, pod_selector
 from customer_friendly.contract.policy import Policy
 from customer_friendly.contract.policy_source import PolicySource
+from customer_friendly.contract.readiness import gate_condition, read_gate
 from customer_friendly.contract.rollout import Rollout
 from customer_friendly.contract.settings import Refusal, ReleaseSettings, opted_in, resolve
 from customer_friendly.controller.agents import AgentClient, AgentError, agent_identity
@@ -61,7 +62,7 @@ def spec_for(deployment: Obj, settings: ReleaseSettings, policy: Policy, config:
         replicas=int(deployment["spec"].get("replicas") or 1), max_unavailable=settings.max_unavailable,
         canary=settings.canary, paused=settings.paused, auto_rollback=policy.auto_rollback,
         retry=annotations_of(deployment).get(c.RETRY), batch_deadline_seconds=config.batch_deadline_seconds,
-        migrate=settings.migrate,
+        migrate=settings.migrate, drain=settings.drains_traffic, settle_seconds=settings.settle_seconds,
     )
 
 
@@ -120,10 +121,12 @@ class Reconciler:
         rollout = Rollout.from_annotation(annotations.get(c.ROLLOUT))
         pods = {p["metadata"]["name"]: p for p in self.kube.pods(namespace, pod_selector(deployment))}
         job_name = c.migration_job_name(name, spec.release + (f"-{spec.retry}" if spec.retry else ""))
-        return Observed(deployment, settings, spec, rollout, pods, self._pod_states(pods, rollout, log),
+        serving = self.kube.ready_endpoint_pods(namespace) if spec.drain else frozenset()
+        return Observed(deployment, settings, spec, rollout, pods, self._pod_states(pods, rollout, serving, log),
                         self._migration(namespace, job_name, spec, rollout), job_name, log)
 
-    def _pod_states(self, pods: dict[str, Obj], rollout: Rollout | None, log: logging.LoggerAdapter) -> list[PodState]:
+    def _pod_states(self, pods: dict[str, Obj], rollout: Rollout | None, in_endpoints: frozenset[str],
+                    log: logging.LoggerAdapter) -> list[PodState]:
         """Agents are asked only where the plan needs them: pods of the batch in flight, and pods
         that do not say yet what they serve."""
         in_batch = set(rollout.batch) if rollout else set()
@@ -132,7 +135,9 @@ class Reconciler:
             ready = pod_running(pod)
             serving = annotations_of(pod).get(c.RELEASE)
             view = self._status(pod, log) if ready and (pod_name in in_batch or serving is None) else None
-            states.append(PodState(pod_name, ready, serving, view))
+            gate = read_gate(pod)
+            states.append(PodState(pod_name, ready, serving, view, gated=gate.gated, gate_open=gate.open,
+                                   gate_closed_at=gate.closed_at, in_endpoints=pod_name in in_endpoints))
         return states
 
     def _migration(self, namespace: str, job_name: str, spec: Spec, rollout: Rollout | None) -> MigrationView | None:
@@ -168,6 +173,8 @@ class Reconciler:
         if actions.rollout is not None:
             self.kube.annotate_deployment(namespace, name, {c.ROLLOUT: actions.rollout.to_annotation()})
             self._observe_outcome(observed.rollout, actions.rollout)
+        for pod_name, open_ in actions.gates.items():
+            self.kube.set_pod_condition(namespace, pod_name, gate_condition(open_, observed.spec.release))
         self._ask(observed, actions.ask)
         for event in actions.events:
             observed.log.info("%s: %s", event.reason, event.message)

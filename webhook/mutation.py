@@ -445,6 +445,7 @@ def mutate(deployment: Obj, settings: ReleaseSettings, policy: Policy) -> tuple[
         warnings.append("shareProcessNamespace was false; it is set to true so that the agent can "
                         "signal Puma")
     pod["shareProcessNamespace"] = True
+    _set_readiness_gate(pod, settings)
     volumes = _replace_or_append(pod.get("volumes") or [], code_volume(settings, policy))
     pod["volumes"], policy_volumes = _policy_volumes(volumes, policy, injected.volumes)
     policy_mounts = policy.agent_volume_mount_list()
@@ -497,6 +498,19 @@ def mutate(deployment: Obj, settings: ReleaseSettings, policy: Policy) -> tuple[
     if privilege_warning:
         warnings.append(privilege_warning)
     return out, warnings
+
+
+def _set_readiness_gate(pod: Obj, settings: ReleaseSettings) -> None:
+    """traffic: drain needs a readiness gate the controller can close before a restart; live
+    traffic must not have one (a pod would wait for a condition no one sets). The user's own
+    gates are kept as they are."""
+    gates = [gate for gate in pod.get("readinessGates") or [] if gate.get("conditionType") != c.IN_PLACE_READY]
+    if settings.drains_traffic:
+        gates.append({"conditionType": c.IN_PLACE_READY})
+    if gates:
+        pod["readinessGates"] = gates
+    else:
+        pod.pop("readinessGates", None)
 
 
 def _set_pre_stop(app: Obj, settings: ReleaseSettings, policy: Policy,

@@ -34,6 +34,26 @@ class World:
         self.batches: list[tuple[str, ...]] = []
         self.events: list[str] = []
         self.now = NOW
+        self.gate_writes: list[tuple[str, bool]] = []
+        self.unsafe_asks: list[str] = []
+        """Pods asked while traffic could still reach them (traffic: drain)."""
+
+    def _apply_gates(self, actions: Actions) -> None:
+        """Notes every ask of a pod traffic could still reach, then writes the conditions."""
+        for name in actions.ask:
+            pod = self.pods[name]
+            if pod.gated and (pod.gate_open is not False or pod.in_endpoints):
+                self.unsafe_asks.append(name)
+        for name, open_ in actions.gates.items():
+            self.pods[name] = replace(self.pods[name], gate_open=open_, gate_closed_at=None if open_ else self.now)
+            self.gate_writes.append((name, open_))
+
+    def _endpoints_follow_gates(self) -> None:
+        """The kubelet and the EndpointSlice controller, one step behind the condition: a gated
+        pod is listed while its gate is open, and dropped a step after it closes."""
+        for name, pod in self.pods.items():
+            if pod.gated:
+                self.pods[name] = replace(pod, in_endpoints=pod.gate_open is True)
 
     @property
     def record(self) -> Rollout:
@@ -42,8 +62,10 @@ class World:
         return self.rollout
 
     def step(self, finish: bool = True) -> None:
+        self._endpoints_follow_gates()
         actions = plan(self.spec, self.rollout, self.configmap, list(self.pods.values()), self.now)
         self.events += [e.reason for e in actions.events]
+        self._apply_gates(actions)
         if actions.configmap_release:
             self.configmap = actions.configmap_release
         for name, release in actions.mark.items():
@@ -64,11 +86,15 @@ class World:
             self.pods[name] = replace(pod, agent=view)
         self.now += 1
 
-    def run(self, steps: int = 50) -> World:
+    def run(self, steps: int = 50, patience: int = 5) -> World:
+        """Steps until nothing changed for `patience` steps in a row (time passes meanwhile, so
+        a plan that waits for seconds to pass, such as a drained pod settling, gets there)."""
+        still = 0
         for _ in range(steps):
             before = (self.rollout, dict(self.pods), self.configmap)
             self.step()
-            if (self.rollout, dict(self.pods), self.configmap) == before:
+            still = still + 1 if (self.rollout, dict(self.pods), self.configmap) == before else 0
+            if still >= patience:
                 break
         return self
 
@@ -309,3 +335,59 @@ def test_a_group_failure_before_starting_fails_without_touching_pods() -> None:
     spec = Spec("v2", "s", replicas=2, group_block="web", group_failure="web failed: boom")
     actions = plan(spec, None, "v1", pods(2), NOW)
     assert written(actions).phase == FAILED and actions.ask == {} and "not started" in written(actions).message
+
+
+# --- traffic: drain ---------------------------------------------------------------------------
+
+DRAIN = Spec("v2", "s", replicas=4, canary=1, max_unavailable="2", drain=True, settle_seconds=3)
+
+
+def gated_pods(n: int, serving: str = "v1") -> list[PodState]:
+    return [replace(p, gated=True, gate_open=True, in_endpoints=True) for p in pods(n, serving)]
+
+
+def test_drain_holds_each_pod_out_of_the_endpoints_and_settles_it_before_its_agent_is_asked() -> None:
+    world = World(DRAIN, gated_pods(4))
+    world.step()
+    assert world.record.batch == ("web-0",) and world.asked == [] and world.gate_writes == [("web-0", False)]
+    for _ in range(2):  # out of the endpoints a step later, then settle-seconds (3s, a step is 1s)
+        world.step()
+        assert world.asked == []
+    world.step()
+    assert world.asked == [("web-0", "v2")]
+    world.run()
+    assert world.record.phase == COMPLETE and world.record.updated == 4
+    assert sorted(name for name, _ in world.asked) == [f"web-{i}" for i in range(4)] and world.unsafe_asks == []
+    assert all(p.gate_open is True for p in world.pods.values())
+    assert [w for w in world.gate_writes if w[0] == "web-1"] == [("web-1", False), ("web-1", True)]
+
+
+def test_drain_rolls_back_the_drained_way_and_lets_every_pod_back_in() -> None:
+    world = World(DRAIN, gated_pods(4), broken=frozenset({"v2"}))
+    world.run()
+    assert world.record.phase == ROLLED_BACK and world.unsafe_asks == []
+    assert ("web-0", "v1") in world.asked and all(p.gate_open is True for p in world.pods.values())
+
+
+def test_a_new_gated_pod_is_let_in_and_a_pod_left_held_out_comes_back() -> None:
+    """Level-based: with no rollout to do, pods whose gate was never set, or was left closed by
+    a batch cut short, are let in."""
+    states = [replace(p, gate_open=None, in_endpoints=False) for p in gated_pods(1, "v2")]
+    states += [replace(p, name="web-9", gate_open=False, gate_closed_at=NOW - 60, in_endpoints=False)
+               for p in gated_pods(1, "v2")]
+    world = World(DRAIN, states, configmap="v2", rollout=Rollout("v2", "v1", COMPLETE, 2, 2))
+    world.step()
+    assert sorted(world.gate_writes) == [("web-0", True), ("web-9", True)] and world.asked == []
+
+
+def test_drain_asks_a_pod_without_the_gate_at_once() -> None:
+    """A pod from a template older than traffic: drain has no gate to close: asked as live."""
+    world = World(DRAIN, pods(2))
+    world.step()
+    assert world.asked == [("web-0", "v2")] and world.gate_writes == []
+
+
+def test_a_gate_is_not_touched_when_traffic_is_live() -> None:
+    world = World(replace(DRAIN, drain=False), gated_pods(2))
+    world.run()
+    assert world.record.phase == COMPLETE and world.gate_writes == []

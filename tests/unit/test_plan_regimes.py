@@ -339,7 +339,7 @@ def test_a_release_with_a_migration_waits_for_it(migration: MigrationView | None
 ])
 def test_a_rollback_goes_on_until_every_pod_is_back(rollout: Rollout, pods: list[PodState], phase: str,
                                                     ask: dict[str, str]) -> None:
-    actions = _roll_back(rollout, pods, Actions(), NOW)
+    actions = _roll_back(SPEC, rollout, pods, Actions(), NOW)
     assert actions.rollout is not None and actions.rollout.phase == phase and actions.ask == ask
     assert actions.rollout.rolling_back == bool(ask)
     if phase == ROLLED_BACK:
