@@ -165,7 +165,8 @@ def status(args: argparse.Namespace, session: Session, deployment: dict[str, Any
     summary = (f"release {document['wanted']}: {rollout.get('phase', 'no rollout yet')} "
                f"({rollout.get('updated', 0)}/{rollout.get('total', 0)} pods) {rollout.get('message', '')}")
     emit(args, document, view.table(document["pods"], [("POD", "pod"), ("IP", "ip"), ("PHASE", "phase"),
-                                                       ("READY", "ready"), ("RELEASE", "release")])
+                                                       ("READY", "ready"), ("RELEASE", "release"),
+                                                       ("TRAFFIC", "traffic")])
          + "\n\n" + summary.rstrip())
     return 0
 

@@ -9,6 +9,7 @@ from typing import Any
 from customer_friendly import contract as c
 from customer_friendly.contract.groups import role_of
 from customer_friendly.contract.objects import Obj, annotations_of
+from customer_friendly.contract.readiness import read_gate
 from customer_friendly.contract.rollout import Rollout
 
 
@@ -24,8 +25,18 @@ def pod_rows(pods: list[Obj]) -> list[Obj]:
                     for cond in status.get("conditions") or [])
         rows.append({"pod": pod["metadata"]["name"], "ip": status.get("podIP") or "",
                      "phase": status.get("phase") or "", "ready": ready,
-                     "release": annotations_of(pod).get(c.RELEASE) or ""})
+                     "release": annotations_of(pod).get(c.RELEASE) or "", "traffic": _traffic(pod)})
     return rows
+
+
+def _traffic(pod: Obj) -> str:
+    """traffic: drain shows where a pod is: held out of the Service to restart, or back in."""
+    gate = read_gate(pod)
+    if not gate.gated:
+        return ""
+    if gate.open is None:
+        return "not yet in"
+    return "in" if gate.open else "held out"
 
 
 def status_document(deployment: Obj, pods: list[Obj]) -> Obj:

@@ -27,6 +27,15 @@ def test_pod_rows_are_sorted_and_show_the_release() -> None:
     assert [(r["pod"], r["release"], r["ready"]) for r in rows] == [("web-a", "", False), ("web-b", "v2", True)]
 
 
+def test_pod_rows_say_where_a_drained_pod_is() -> None:
+    gated = {"readinessGates": [{"conditionType": c.IN_PLACE_READY}]}
+    pods = [pod("web-a", "v1"), {**pod("web-b", "v1"), "spec": gated}, {**pod("web-c", "v1"), "spec": gated},
+            {**pod("web-d", "v2"), "spec": gated}]
+    pods[2]["status"]["conditions"].append({"type": c.IN_PLACE_READY, "status": "False"})
+    pods[3]["status"]["conditions"].append({"type": c.IN_PLACE_READY, "status": "True"})
+    assert [r["traffic"] for r in pod_rows(pods)] == ["", "not yet in", "held out", "in"]
+
+
 def test_fleet_rows_count_what_pods_really_run() -> None:
     web = deployment("web", "shop", "v3", {"release": "v3", "previous": "v2", "phase": "Progressing"})
     rows = fleet_rows([web], {("shop", "web"): [pod("a", "v3"), pod("b", "v2"), pod("c", None)]})
