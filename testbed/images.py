@@ -14,6 +14,7 @@ the product's code rebuilds only the three product images.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from testbed.controlplane import ROOT, ControlPlaneError
 
@@ -157,11 +159,16 @@ def _cached(name: str, key: str) -> tuple[Path, bool]:
     return path, path.is_file()
 
 
+KEEP_BUILDS = 3
+"""Builds of one image kept in the cache: a second checkout on the machine (a worktree, another
+CI job) builds its own, and must not find the one it is about to import pruned."""
+
+
 def _prune(name: str, keep: Path) -> None:
-    """Older builds of the same image are dead weight in the cache."""
-    for old in cache_dir().glob(f"{name}-*.oci.tar"):
-        if old != keep:
-            old.unlink(missing_ok=True)
+    """Older builds of the same image are dead weight in the cache, beyond the last few."""
+    builds = sorted(cache_dir().glob(f"{name}-*.oci.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [b for b in builds if b != keep][KEEP_BUILDS - 1:]:
+        old.unlink(missing_ok=True)
 
 
 def pause_image() -> Path:
@@ -295,8 +302,23 @@ def product_images() -> dict[str, Path]:
 
 
 def all_images() -> list[Path]:
-    """Every archive the node imports, built when missing."""
-    return [pause_image(), app_image(), *product_images().values()]
+    """Every archive the node imports, built when missing. One build at a time per machine:
+    buildah's storage is shared, and its clean-up after one build unmounts another's."""
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "build.lock", "w") as lock:
+        if not _try_lock(lock):
+            print("images: another build holds the lock; waiting for it", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return [pause_image(), app_image(), *product_images().values()]
+
+
+def _try_lock(lock: IO[str]) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def main() -> int:
