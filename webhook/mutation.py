@@ -504,7 +504,8 @@ def _set_readiness_gate(pod: Obj, settings: ReleaseSettings) -> None:
     """traffic: drain needs a readiness gate the controller can close before a restart; live
     traffic must not have one (a pod would wait for a condition no one sets). The user's own
     gates are kept as they are."""
-    gates = [gate for gate in pod.get("readinessGates") or [] if gate.get("conditionType") != c.IN_PLACE_READY]
+    gates = [gate for gate in pod.get("readinessGates") or []
+             if not (isinstance(gate, dict) and gate.get("conditionType") == c.IN_PLACE_READY)]
     if settings.drains_traffic:
         gates.append({"conditionType": c.IN_PLACE_READY})
     if gates:
