@@ -264,6 +264,10 @@ class Bench:
         self.node, self.product, self.args = node, product, args
         self.count = 0
         self.published: set[str] = set()
+        self.diagnostics: list[dict[str, Any]] = []
+        """Per run: the slowest requests during the release (offset from its start, ms, body = release and
+        worker pid, generator lag) and the rollout's progress over time, to see where the tail comes from."""
+        self.timeline: list[tuple[float, str]] = []
         self.runners: dict[str, Callable[[Strategy], Result]] = {
             "native": self.native, "ours": self.ours, "control": self.control}
 
@@ -305,12 +309,28 @@ class Bench:
         load.stop()
         before = [s for s in load.samples if clock0 <= s.sent_at < started]
         during = load.between(started, finished)
+        self._diagnose(name, started, before, during)
         return Result(name, len(load.samples), len(load.failures()), quantile(before, .5), quantile(before, .99),
                       quantile(before, 1), quantile(during, .5), quantile(during, .99), quantile(during, 1),
                       finished - started, max(0, watch.peak["pods"] - self.args.pods),
                       max(0, watch.peak["puma"] - base_puma), spent, busy_percent(ticks0, ticks1),
                       busy_percent(ticks1, ticks2), quantile(before, .99, lambda s: s.lag),
                       quantile(during, .99, lambda s: s.lag))
+
+    def _diagnose(self, name: str, started: float, before: list[Sample], during: list[Sample]) -> None:
+        def rows(samples: list[Sample]) -> list[tuple[float, float, str, float]]:
+            slow = sorted(samples, key=lambda s: s.latency)[-max(1, len(samples) // 50):]
+            return [(round(s.sent_at - started, 3), round(s.latency * 1000, 1), s.body[:60], round(s.lag * 1000, 1))
+                    for s in sorted(slow, key=lambda s: s.sent_at)]
+
+        self.diagnostics.append({"strategy": name, "slowest_during": rows(during), "slowest_before": rows(before),
+                                 "timeline": [(round(t - started, 2), what) for t, what in self.timeline]})
+        self.timeline = []
+
+    def _note(self, what: str) -> None:
+        """A change in what the watch sees (rollout batches, replica counts), with its time."""
+        if not self.timeline or self.timeline[-1][1] != what:
+            self.timeline.append((time.monotonic(), what))
 
     def native(self, strategy: Strategy) -> Result:
         with self._namespace() as app:
@@ -326,6 +346,8 @@ class Bench:
             def done() -> bool:
                 status = app.deployment().get("status") or {}
                 pods = app.pods()
+                self._note(f"pods {len(pods)} updated {status.get('updatedReplicas')} "
+                           f"available {status.get('availableReplicas')}")
                 return (status.get("updatedReplicas") == status.get("availableReplicas") == self.args.pods
                         and len(pods) == self.args.pods
                         and all(ct.get("value") == "v2" for p in pods for ct in p["spec"]["containers"][0]["env"]))
@@ -355,6 +377,8 @@ class Bench:
 
             def done() -> bool:
                 rollout = app.rollout()
+                self._note(f"{rollout.get('release')} {rollout.get('phase')} updated {rollout.get('updated')} "
+                           f"batch {rollout.get('batch')}")
                 return rollout.get("release") == "v2" and rollout.get("phase") == "Complete" and not rollout.get(
                     "batch")
 
@@ -538,7 +562,9 @@ def main() -> int:
             node.adopt(proc)
         try:
             bench = Bench(node, Product(node, sources, Path(tmp) / "product").install(), args)
-            results = run_all(bench, chosen, args.runs, save)
+            results = run_all(bench, chosen, args.runs,
+                              lambda r: save(r, {"diagnostics": bench.diagnostics}))
+            meta["diagnostics"] = bench.diagnostics
         finally:
             sources.stop()
     save(results, report(args, chosen, sweeps, results))
