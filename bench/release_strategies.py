@@ -27,9 +27,10 @@ busy loop counts the thread's CPU time, so a starved worker burns longer), --req
 many CPU milliseconds per request. --boot-nice N (a lever, in the app's own Puma config, not the
 product) runs a booting worker at niceness N until the app is loaded.
 
---sweep KEY=V1,V2,... runs variants of the --sweep-on strategies (default `ours`) in the same
-run, interleaved with the others: KEY is an annotation of ours (max-unavailable, canary,
-worker-surge) or an app lever (workers, boot-nice). A variant equal to its base is not run twice.
+--sweep [BASES:]KEY=V1,V2,... runs variants of the strategies BASES (comma-separated keys; by default
+--sweep-on, which defaults to `ours`) in the same run, interleaved with the others: KEY is an
+annotation of ours (max-unavailable, canary, worker-surge) or an app lever (workers, boot-nice).
+A variant equal to its base is not run twice.
 
 Reported per strategy (medians of --runs): failed requests; p50, p99 and max latency before and
 during the release and their ratio; release wall time; peak extra pods; peak extra Puma
@@ -476,15 +477,16 @@ def plan(args: argparse.Namespace) -> tuple[list[Strategy], dict[str, list[str]]
         chosen.append(CONTROL)
     sweeps: dict[str, list[str]] = {}
     for sweep in args.sweep:
-        for base_key in args.sweep_on.split(","):
+        bases, _, setting = sweep.rpartition(":")  # `ours-no-surge:boot-nice=19` names its own bases
+        for base_key in (bases or args.sweep_on).split(","):
             base = known[base_key]
             names = []
-            for variant in sweep_variants(base, sweep):
+            for variant in sweep_variants(base, setting):
                 same = next((s for s in chosen if s.same_settings(variant)), None)
                 if same is None:
                     chosen.append(variant)
                 names.append((same or variant).name)
-            sweeps[f"{base.name}: {sweep}"] = names
+            sweeps[f"{base.name}: {setting}"] = names
     return chosen, sweeps
 
 
@@ -538,7 +540,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--strategies", default=DEFAULT_KEYS, help=f"keys, comma-separated (default {DEFAULT_KEYS})")
     parser.add_argument("--control", action="store_true", help="also a window of load with no release")
     parser.add_argument("--control-seconds", type=float, default=15.0)
-    parser.add_argument("--sweep", action="append", default=[], help="KEY=V1,V2,... (repeatable)")
+    parser.add_argument("--sweep", action="append", default=[], help="[BASES:]KEY=V1,V2,... (repeatable)")
     parser.add_argument("--sweep-on", default="ours", help="strategy keys the sweeps vary, comma-separated")
     parser.add_argument("--out", default="release_strategies", help="name of the JSON and PNG files")
     return parser.parse_args()
