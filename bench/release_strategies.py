@@ -543,11 +543,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sweep", action="append", default=[], help="[BASES:]KEY=V1,V2,... (repeatable)")
     parser.add_argument("--sweep-on", default="ours", help="strategy keys the sweeps vary, comma-separated")
     parser.add_argument("--out", default="release_strategies", help="name of the JSON and PNG files")
+    parser.add_argument("--report", metavar="JSON", help="no run: the tables and charts again from this JSON")
     return parser.parse_args()
+
+
+def report_again(path: Path) -> int:
+    """The tables and charts again from a JSON this bench wrote (also a partial one, saved after
+    each run): medians of the runs it holds."""
+    saved = json.loads(path.read_text())
+    args = argparse.Namespace(**saved["args"])
+    chosen, sweeps = plan(args)
+    results = {name: [Result(**r) for r in rs] for name, rs in saved["runs"].items()}
+    saved.update(report(args, chosen, sweeps, results))
+    path.write_text(json.dumps(saved, indent=2))
+    return 0
 
 
 def main() -> int:
     args = parse_args()
+    if args.report:
+        return report_again(Path(args.report))
     chosen, sweeps = plan(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.out}.json"
