@@ -73,7 +73,7 @@ burn_cpu({boot_cpu})
 {after_boot}run ->(env) {{
   env["rack.input"].read
   burn_cpu({request_cpu})
-  [200, {{"content-type" => "text/plain"}}, ["#{{RELEASE}} #{{Process.pid}}\\n"]]
+  [200, {{"content-type" => "text/plain"}}, ["#{{RELEASE}} #{{Process.pid}} #{{ENV["HOSTNAME"]}}\\n"]]
 }}
 """
 
