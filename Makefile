@@ -77,14 +77,15 @@ $(BENCH_STAMP): $(STAMP)
 
 # Benchmarks print tables with ratios and write JSON and PNG charts to bench/results/.
 bench: $(BENCH_STAMP) debian-packages k8s-binaries images
-	$(PY) -m bench.release_strategies --runs 3
+	$(PY) -m bench.release_strategies --runs 3 --boot-cpu 1.5 --request-cpu-ms 4 --rate 60 --control \
+		--sweep max-unavailable=1,50%,100% --sweep ours-no-surge:max-unavailable=1
 	$(PY) -m bench.webhook
 	$(PY) -m bench.controller_scale
 	$(PY) -m bench.puma_shutdown_race --restarts 100
 
 bench-quick: export CFO_BENCH_RESULTS = bench/results/quick
 bench-quick: $(BENCH_STAMP) debian-packages k8s-binaries images
-	$(PY) -m bench.release_strategies --runs 1 --pre-stop 5 --pods 2 --rate 100
+	$(PY) -m bench.release_strategies --runs 1 --pre-stop 5 --pods 2 --rate 60 --boot-cpu 1.5 --request-cpu-ms 4
 	$(PY) -m bench.webhook --seconds 2 --requests 50
 	$(PY) -m bench.controller_scale --quick
 

@@ -20,6 +20,9 @@ class Sample:
     latency: float
     ok: bool
     body: str
+    lag: float = 0.0
+    """How late the generator itself started the request (seconds after its schedule): not part of
+    `latency`, which runs from the start of the connection. High lag means the generator was starved."""
 
 
 @dataclass
@@ -43,7 +46,7 @@ class Load:
             conn.close()
         except OSError as err:
             ok, body = False, f"{type(err).__name__}: {err}"
-        self.samples.append(Sample(sent_at, time.monotonic() - started, ok, body))
+        self.samples.append(Sample(sent_at, time.monotonic() - started, ok, body, started - sent_at))
 
     def _run(self) -> None:
         interval = 1.0 / self.rate

@@ -59,11 +59,71 @@ run ->(env) {{
 """
 BROKEN_APP = 'raise "release {release} cannot boot: missing SECRET_KEY_BASE"\n'
 
+CPU_BURN = """# Burns CPU time of the calling thread (not wall time: a starved thread burns longer).
+def burn_cpu(seconds)
+  clock = Process::CLOCK_THREAD_CPUTIME_ID
+  stop = Process.clock_gettime(clock) + seconds
+  nil while Process.clock_gettime(clock) < stop
+end
+"""
 
-def web_files(release: str, broken: bool = False, workers: int = 2) -> dict[str, str]:
+COSTLY_APP = CPU_BURN + """RELEASE = "{release}"
+# What a Rails app does when each worker loads it (preload_app! is off): eager loading, in CPU.
+burn_cpu({boot_cpu})
+{after_boot}run ->(env) {{
+  env["rack.input"].read
+  burn_cpu({request_cpu})
+  [200, {{"content-type" => "text/plain"}}, ["#{{RELEASE}} #{{Process.pid}} #{{ENV["HOSTNAME"]}}\\n"]]
+}}
+"""
+
+BOOT_NICE_CONFIG = """# The booting worker yields the CPU to the serving ones of its pod (the niceness is per thread on
+# Linux, and the app loads in the worker's main thread; config.ru sets it back once loaded).
+on_worker_boot {{ Process.setpriority(Process::PRIO_PROCESS, 0, {nice}) }}
+"""
+
+NICE_BACK = """# Back to the usual priority once loaded (needs CAP_SYS_NICE: lowering niceness is privileged).
+begin
+  Process.setpriority(Process::PRIO_PROCESS, 0, 0)
+rescue Errno::EACCES, Errno::EPERM
+end
+"""
+
+
+@dataclass(frozen=True)
+class AppCost:
+    """What the bench app costs, like a real Rails app: CPU seconds to load in each worker, CPU
+    milliseconds per request, and a niceness for a booting worker (0: none). The default is the
+    instantly booting test app (GOOD_APP), which the tests use."""
+
+    boot_cpu: float = 0.0
+    request_cpu_ms: float = 0.0
+    boot_nice: int = 0
+
+    @property
+    def costly(self) -> bool:
+        return bool(self.boot_cpu or self.request_cpu_ms or self.boot_nice)
+
+    def rackup(self, release: str) -> str:
+        if not self.costly:
+            return GOOD_APP.format(release=release)
+        return COSTLY_APP.format(release=release, boot_cpu=self.boot_cpu, request_cpu=self.request_cpu_ms / 1000,
+                                 after_boot=NICE_BACK if self.boot_nice else "")
+
+    def puma_config(self, workers: int) -> str:
+        config = PUMA_CONFIG.format(workers=workers, port=PUMA_PORT)
+        return config + BOOT_NICE_CONFIG.format(nice=self.boot_nice) if self.boot_nice else config
+
+    def container_security(self) -> dict[str, Any] | None:
+        """Setting the niceness back needs CAP_SYS_NICE (the app image runs as root)."""
+        return {"capabilities": {"add": ["SYS_NICE"]}} if self.boot_nice else None
+
+
+def web_files(release: str, broken: bool = False, workers: int = 2, cost: AppCost | None = None) -> dict[str, str]:
     """The files of a Puma release: the Rack app and its config/puma.rb."""
-    return {"config.ru": (BROKEN_APP if broken else GOOD_APP).format(release=release),
-            "config/puma.rb": PUMA_CONFIG.format(workers=workers, port=PUMA_PORT)}
+    cost = cost or AppCost()
+    return {"config.ru": BROKEN_APP.format(release=release) if broken else cost.rackup(release),
+            "config/puma.rb": cost.puma_config(workers)}
 
 
 def release_tarball(files: dict[str, str | bytes], executable: tuple[str, ...] = ()) -> bytes:
@@ -84,10 +144,10 @@ def release_tarball(files: dict[str, str | bytes], executable: tuple[str, ...] =
     return buf.getvalue()
 
 
-def node_release(release: str, broken: bool = False, workers: int = 2) -> bytes:
+def node_release(release: str, broken: bool = False, workers: int = 2, cost: AppCost | None = None) -> bytes:
     """A release as a Rails app ships one: the app and its config/puma.rb. It answers
     `<release> <worker pid>`, so a test sees which code and which worker served it."""
-    return release_tarball(dict(web_files(release, broken, workers)))
+    return release_tarball(dict(web_files(release, broken, workers, cost)))
 
 
 class Peaks:
