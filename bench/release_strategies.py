@@ -18,7 +18,10 @@ The strategies (STRATEGIES; --strategies picks some by key):
 3. `ours-no-surge`, `ours`: ours, in place: the product installed by `cfo-admin install`, an
    opted-in Deployment, `kubectl annotate … release=v2`, until the rollout annotation says
    Complete; without and with the surge worker (the default). Canary 1, max-unavailable 50%.
-4. `control` (--control): no release at all, the same load and the same watching for --control-seconds:
+4. `ours-drain`: ours with `traffic: drain` and a hot restart (SIGUSR2: every worker at once, as an
+   app that cannot phase restarts): each pod of a batch leaves the Service's EndpointSlices (its
+   readiness gate), settles 2 s, restarts, and comes back. Same pacing.
+5. `control` (--control): no release at all, the same load and the same watching for --control-seconds:
    the ratio the measurement itself gives (load generator, the bench's own kubectl polling).
 
 The app: by default the test app, which boots at once and answers at once. --boot-cpu burns that
@@ -97,8 +100,11 @@ STRATEGIES = (
     Strategy("native-fixed", "native + readiness, preStop", "native", fixes=True),
     Strategy("ours-no-surge", "ours, in place, no surge", "ours", annotations={**OURS_PACING, c.WORKER_SURGE: "false"}),
     Strategy("ours", "ours, in place", "ours", annotations={**OURS_PACING, c.WORKER_SURGE: "true"}),
+    Strategy("ours-drain", "ours, drain-first (hot)", "ours",
+             annotations={**OURS_PACING, c.TRAFFIC: "drain", c.RESTART: "hot", c.SETTLE_SECONDS: "2"}),
 )
 """`ours` is our default: a phased restart with one surge worker per pod (worker-surge)."""
+DEFAULT_OURS = next(s for s in STRATEGIES if s.key == "ours")
 CONTROL = Strategy("control", "no release (control)", "control", annotations={**OURS_PACING})
 DEFAULT_KEYS = ",".join(s.key for s in STRATEGIES)
 ANNOTATION_KEYS = {"max-unavailable": c.MAX_UNAVAILABLE, "canary": c.CANARY, "worker-surge": c.WORKER_SURGE}
@@ -435,7 +441,7 @@ def table(rows: list[Result]) -> str:
                  "CPU the release added;\nbusy %: whole machine (2 cores = 100%) before/during; gen lag: p99 of how "
                  "late the load generator sent, before/during (ms)")
     by_name = {r.strategy: r for r in rows}
-    native, ours = by_name.get(STRATEGIES[0].name), by_name.get(STRATEGIES[-1].name)
+    native, ours = by_name.get(STRATEGIES[0].name), by_name.get(DEFAULT_OURS.name)
     if native and ours and native.release_seconds and ours.release_seconds:
         lines.append(f"ours vs native defaults: release time x{ours.release_seconds / native.release_seconds:.2f}, "
                      f"p99 during x{ours.p99_during_ms / native.p99_during_ms:.2f}, "
