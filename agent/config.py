@@ -45,6 +45,8 @@ SETTINGS: tuple[Setting, ...] = (
      "(default: find it by the requested title pattern)"),
     Setting("CFO_PUMA_CONFIG", "--puma-config", None, "Puma config to check for preload_app! "
      "(default: <code>/current/config/puma.rb)"),
+    Setting(AgentEnv.HEALTH_URL, "--health-url", None, "after a restart, done only once this URL answers "
+            "below 400 (traffic: drain: the app's readiness probe)"),
     Setting("CFO_RESTART_DEADLINE_SECONDS", "--restart-deadline", "120", "a restart not done by then has failed"),
     Setting("CFO_BOOT_FAILURES", "--boot-failures", "3", "a phased or hot restart fails at once when this many of its "
      "new workers have exited before it was done (a release that cannot boot); 0: only the deadline"),
@@ -77,6 +79,7 @@ class AgentConfig:
     handshake_seconds: float = 10.0
     idle_seconds: float = 30.0
     request_seconds: float = 10.0
+    health_url: str | None = None
 
     @property
     def limits(self) -> Limits:
@@ -123,4 +126,5 @@ class AgentConfig:
             handshake_seconds=number(values, "CFO_AGENT_HANDSHAKE_SECONDS", 0.1),
             idle_seconds=number(values, "CFO_AGENT_IDLE_SECONDS", 0.1),
             request_seconds=number(values, "CFO_AGENT_REQUEST_SECONDS", 0.1),
+            health_url=values[AgentEnv.HEALTH_URL],
         )

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from customer_friendly.agent import puma, worker
+from customer_friendly.agent import health, puma, worker
 from customer_friendly.agent.config import AgentConfig
 from customer_friendly.agent.release import (
     Layout,
@@ -193,6 +193,7 @@ class Agent:
     def _run(self, request: ReleaseRequest, rollback: bool = False) -> None:
         attempt = Attempt()
         deadline = request.options.deadline_seconds or self.config.restart_deadline
+        started = time.monotonic()
         try:
             if not rollback:
                 install(self.layout, request.release, request.source, require_sha256=self.config.require_sha256,
@@ -209,6 +210,9 @@ class Agent:
             else:
                 mode = request.options.restart
                 self._restart_process(request, deadline, attempt)
+            if self.config.health_url:
+                self._update(note=f"waiting for the app to answer {self.config.health_url}")
+                health.wait_until_healthy(self.config.health_url, started + deadline)
             removed = prune(self.layout, self.config.keep_releases)
             if removed:
                 logger.info("pruned releases %s", ", ".join(removed))

@@ -56,6 +56,8 @@ class AgentEnv:
     POD_NAME = "CFO_POD_NAME"
     POD_NAMESPACE = "CFO_POD_NAMESPACE"
     CLIENT_CA = "CFO_CLIENT_CA"
+    HEALTH_URL = "CFO_HEALTH_URL"
+    """The app's readiness probe as a URL from inside the pod: a restart is done once it answers."""
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,25 @@ def gate_condition(is_open: bool, release: str, now: dt.datetime | None = None) 
             "reason": reason, "message": message}
 
 
+def health_url(container: Mapping[str, Any]) -> str | None:
+    """The container's HTTP readiness probe as a URL the agent can ask from inside the pod (the
+    pod shares one network namespace), or None for no probe, or one that is not httpGet. With
+    traffic: drain a pod goes back into the Service once this answers, not merely once Puma's
+    processes are back: a worker still loading the app would hold every request routed to it."""
+    probe = (container.get("readinessProbe") or {}).get("httpGet")
+    if not isinstance(probe, Mapping):
+        return None
+    port = probe.get("port")
+    if isinstance(port, str) and not port.isdigit():
+        port = next((p.get("containerPort") for p in container.get("ports") or []
+                     if isinstance(p, Mapping) and p.get("name") == port), None)
+    if not isinstance(port, (int, str)) or not str(port).isdigit():
+        return None
+    scheme = "https" if str(probe.get("scheme") or "HTTP").upper() == "HTTPS" else "http"
+    path = str(probe.get("path") or "/")
+    return f"{scheme}://127.0.0.1:{port}{path if path.startswith('/') else '/' + path}"
+
+
 def ready_endpoint_pods(endpoint_slices: Iterable[Mapping[str, Any]]) -> frozenset[str]:
     """Names of the pods that EndpointSlices list as ready (traffic can still be routed to them).
     An endpoint without a ready condition counts as ready, as the API documents."""

@@ -26,6 +26,7 @@ from customer_friendly import contract as c
 from customer_friendly.contract.agent_api import AgentEnv
 from customer_friendly.contract.objects import Obj
 from customer_friendly.contract.policy import Policy
+from customer_friendly.contract.readiness import health_url
 from customer_friendly.contract.settings import Refusal, ReleaseSettings, check_source, show, show_names
 
 MAX_PRE_STOP_SLEEP = 86400
@@ -265,7 +266,7 @@ def code_volume(settings: ReleaseSettings, policy: Policy) -> Obj:
 
 
 def agent_env(deployment_name: str, settings: ReleaseSettings, policy: Policy,
-              fallback_release: str, fallback_source: str, app_container: str) -> list[Obj]:
+              fallback_release: str, fallback_source: str, app_container: str, health: str | None = None) -> list[Obj]:
     """The agent's configuration; names match `cfo-agent --help`."""
     cm = c.release_configmap_name(deployment_name)
 
@@ -287,6 +288,8 @@ def agent_env(deployment_name: str, settings: ReleaseSettings, policy: Policy,
     ]
     if policy.agent_client_ca:
         env.append({"name": AgentEnv.CLIENT_CA, "value": policy.agent_client_ca})
+    if health and settings.drains_traffic:
+        env.append({"name": AgentEnv.HEALTH_URL, "value": health})
     return env
 
 
@@ -476,7 +479,8 @@ def mutate(deployment: Obj, settings: ReleaseSettings, policy: Policy) -> tuple[
     if fallback_warning:
         warnings.append(fallback_warning)
     # The policy's variables come after ours, which they may not name (CFO_*).
-    env = agent_env(name, settings, policy, fallback_release, fallback_source, app["name"]) + policy.agent_env_list()
+    env = agent_env(name, settings, policy, fallback_release, fallback_source, app["name"],
+                    health_url(app)) + policy.agent_env_list()
     mounts = [{"name": c.CODE_VOLUME, "mountPath": settings.code_path}, *policy_mounts]
     fetch = _agent_container(c.FETCH_CONTAINER, "fetch", env, mounts, policy, fetch_context)
     agent = _agent_container(c.AGENT_CONTAINER, "serve", env, mounts, policy, agent_context)

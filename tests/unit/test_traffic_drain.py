@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from customer_friendly import contract as c
+from customer_friendly.contract.agent_api import AgentEnv
 from customer_friendly.contract.policy import Policy
-from customer_friendly.contract.readiness import Gate, gate_condition, read_gate, ready_endpoint_pods
+from customer_friendly.contract.readiness import Gate, gate_condition, health_url, read_gate, ready_endpoint_pods
 from customer_friendly.contract.settings import Refusal, resolve
 from tests.unit.test_mutation import deployment, pod, run
 
@@ -86,3 +87,32 @@ def test_a_pod_is_in_the_endpoints_while_a_slice_lists_it_as_ready() -> None:
               {"endpoints": [endpoint("web-c", None), endpoint("node-1", True, kind="Node")]},
               {"endpoints": None}, {}]
     assert ready_endpoint_pods(slices) == {"web-a", "web-c"}
+
+
+@pytest.mark.parametrize(("container", "url"), [
+    ({"ports": [{"name": "http", "containerPort": 3000}],
+      "readinessProbe": {"httpGet": {"path": "/up", "port": "http"}}}, "http://127.0.0.1:3000/up"),
+    ({"readinessProbe": {"httpGet": {"port": 8080}}}, "http://127.0.0.1:8080/"),
+    ({"readinessProbe": {"httpGet": {"port": "8443", "scheme": "HTTPS", "path": "health"}}},
+     "https://127.0.0.1:8443/health"),
+    ({"readinessProbe": {"httpGet": {"port": "missing"}}}, None),
+    ({"readinessProbe": {"tcpSocket": {"port": 3000}}}, None),
+    ({}, None),
+], ids=["named port", "number, default path", "https, relative path", "unknown port name", "tcp", "none"])
+def test_the_readiness_probe_becomes_a_url_inside_the_pod(container: dict[str, Any], url: str | None) -> None:
+    assert health_url(container) == url
+
+
+def test_with_drain_the_agent_is_told_the_apps_readiness_url() -> None:
+    def agent_env(obj: dict[str, Any]) -> dict[str, Any]:
+        agent = next(ct for ct in pod(obj)["initContainers"] if ct["name"] == c.AGENT_CONTAINER)
+        return {e["name"]: e.get("value") for e in agent["env"]}
+
+    probed = deployment(traffic="drain")
+    app = probed["spec"]["template"]["spec"]["containers"][0]
+    app["ports"] = [{"name": "web", "containerPort": 3000}]
+    app["readinessProbe"] = {"httpGet": {"path": "/up", "port": "web"}}
+    assert agent_env(run(probed)[0])[AgentEnv.HEALTH_URL] == "http://127.0.0.1:3000/up"
+    live = copy.deepcopy(probed)
+    live["metadata"]["annotations"].pop(c.TRAFFIC)
+    assert AgentEnv.HEALTH_URL not in agent_env(run(live)[0])
