@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 Change = tuple[Obj | None, Obj | None]
 """(before, after); None before for a new object, None after for a deleted one."""
 
+LIST_PAGE = 500
+"""Objects per page of a list."""
+
 GONE_REMEMBERED = 10_000
 """Deleted keys remembered with their last version, so that a late copy (a pod list answered just
 before the deletion) does not bring a deleted object back."""
@@ -166,12 +169,21 @@ class Informer:
         return {"label_selector": self.label_selector} if self.label_selector else {}
 
     def list(self) -> str:
-        """List and replace the store; the list's resourceVersion."""
-        _count()
-        response = self.list_call(_preload_content=False, **self._selector())
-        body = json.loads(response.data)
-        version = str((body.get("metadata") or {}).get("resourceVersion") or "")
-        kept = [self.slim(o) for o in body.get("items") or [] if self.accept(o)]
+        """List (in pages, so that thousands of pods are never one answer in memory) and replace
+        the store; the list's resourceVersion."""
+        kept: list[Obj] = []
+        version, page = "", ""
+        while True:
+            _count()
+            response = self.list_call(_preload_content=False, limit=LIST_PAGE, **self._selector(),
+                                      **({"_continue": page} if page else {}))
+            body = json.loads(response.data)
+            meta = body.get("metadata") or {}
+            version = version or str(meta.get("resourceVersion") or "")
+            kept += [self.slim(o) for o in body.get("items") or [] if self.accept(o)]
+            page = str(meta.get("continue") or "")
+            if not page:
+                break
         for change in self.store.replace(kept, version):
             self.on_change(change)
         self.lists += 1
@@ -184,7 +196,8 @@ class Informer:
         ApiException 410 when `version` is too old."""
         _count()
         response = self.list_call(watch=True, resource_version=version, allow_watch_bookmarks=True,
-                                  timeout_seconds=self.watch_seconds, _preload_content=False, **self._selector())
+                                  timeout_seconds=self.watch_seconds, _preload_content=False,
+                                  _request_timeout=(10, self.watch_seconds + 60), **self._selector())
         try:
             for line in iter_resp_lines(response):
                 if stop.is_set():

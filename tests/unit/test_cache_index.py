@@ -161,3 +161,4 @@ def test_a_relist_replaces_what_it_lists_keeps_later_writes_and_reports_changes(
         [("gone", True), ("new", False)]
     assert store.get(("ns", "written-later")) is not None
     assert store.get(("ns", "gone")) is None
+
