@@ -25,6 +25,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
@@ -50,6 +51,15 @@ GONE_REMEMBERED = 10_000
 before the deletion) does not bring a deleted object back."""
 
 
+@dataclass
+class _Write:
+    """Writes of one object in flight, what it was before them, and what the watch brought meanwhile."""
+
+    before: Obj | None
+    count: int = 1
+    held: list[Change] = field(default_factory=list)
+
+
 class Store:
     """Objects of one kind by (namespace, name), the newest version winning; thread-safe.
     Indexed by namespace and by label, for selector reads."""
@@ -60,6 +70,7 @@ class Store:
         self._by_namespace: dict[str, set[Key]] = {}
         self._by_label: dict[tuple[str, str, str], set[Key]] = {}
         self._gone: OrderedDict[Key, str] = OrderedDict()
+        self._writes: dict[Key, _Write] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -82,9 +93,10 @@ class Store:
             found = [self._items[k] for k in keys if index.matches(labels, index.labels_of(self._items[k]))]
         return sorted(found, key=lambda o: key_of(o)[1])
 
-    def put(self, obj: Obj) -> Change | None:
+    def put(self, obj: Obj, watched: bool = True) -> Change | None:
         """Keep `obj` unless the store holds a newer version (or saw it deleted later); the change
-        when its version is new, None when it is not news."""
+        when its version is new, None when it is not news. A `watched` change to an object the
+        controller is writing right now is held until the write ends (`end_write`)."""
         key = key_of(obj)
         with self._lock:
             gone = self._gone.get(key)
@@ -96,12 +108,13 @@ class Store:
             self._unindex(key, old)
             self._items[key] = obj
             self._index(key, obj)
-        same = old is not None and index.version_of(old) == index.version_of(obj)
-        return None if same else (old, obj)
+            if old is not None and index.version_of(old) == index.version_of(obj):
+                return None
+            return self._held((old, obj), key, watched)
 
-    def remove(self, obj: Obj, deleted: bool = True) -> Change | None:
+    def remove(self, obj: Obj, deleted: bool = True, watched: bool = True) -> Change | None:
         """Forget the object (deleted at `obj`'s version, or no longer wanted when not `deleted`);
-        the change, or None when it was not kept."""
+        the change, or None when it was not kept (or is held, as `put` says)."""
         key = key_of(obj)
         with self._lock:
             version = index.version_of(obj)
@@ -112,7 +125,43 @@ class Store:
                     self._gone.popitem(last=False)
             old = self._items.pop(key, None)
             self._unindex(key, old)
-        return None if old is None else (old, None)
+            return None if old is None else self._held((old, None), key, watched)
+
+    def _held(self, change: Change, key: Key, watched: bool) -> Change | None:
+        write = self._writes.get(key) if watched else None
+        if write is None:
+            return change
+        write.held.append(change)
+        return None
+
+    def begin_write(self, key: Key) -> None:
+        """The controller is about to write `key`: the watch may bring the write back before the
+        API's answer arrives, and that echo must not pass for news."""
+        with self._lock:
+            write = self._writes.get(key)
+            if write is None:
+                self._writes[key] = _Write(self._items.get(key))
+            else:
+                write.count += 1
+
+    def end_write(self, key: Key, written: Obj | None) -> tuple[list[Change], Change | None]:
+        """The write ended with `written` (the API's answer, None when it failed): keeps it, and
+        returns what the watch brought meanwhile that was not its echo, and the write's own
+        change from before it began (None when it changed nothing)."""
+        if written is not None:
+            self.put(written, watched=False)
+        with self._lock:
+            write = self._writes[key]
+            write.count -= 1
+            if write.count:
+                return [], None
+            del self._writes[key]
+        version = index.version_of(written) if written is not None else None
+        news = [change for change in write.held if change[1] is None or index.version_of(change[1]) != version]
+        before = write.before
+        own = None if written is None or (before is not None and index.version_of(before) == version) \
+            else (before, self.get(key) or written)
+        return news, own
 
     def replace(self, objs: Iterable[Obj], version: str) -> list[Change]:
         """A relist at `version`: what it returned replaces what is held, except objects written
@@ -332,19 +381,27 @@ class ClusterCache:
 
     # --- writes -------------------------------------------------------------------------------
 
-    def wrote_deployment(self, obj: Obj | None) -> None:
-        """A Deployment the controller patched, as the API answered: its reconcile returns its own
-        next time, but the other members of its app group gate on its record."""
-        if obj is not None and (change := self.deployments.put(index.slim_deployment(obj))) is not None:
-            self._deployment_changed(change, written=True)
+    def write(self, store: Store, key: Key, call: Callable[[], Obj | None], slim: Callable[[Obj], Obj],
+              on_change: Callable[[Change], None], on_written: Callable[[Change], None] | None = None
+              ) -> Obj | None:
+        """Make a write through `call` and keep its answer; what the watch brought meanwhile that
+        was not the write's own echo is news as usual, and the write's own change goes to
+        `on_written` (the reconcile that wrote it looks again by itself)."""
+        store.begin_write(key)
+        written = None
+        try:
+            written = call()
+        finally:
+            news, own = store.end_write(key, slim(written) if written is not None else None)
+            for change in news:
+                on_change(change)
+            if own is not None and on_written is not None:
+                on_written(own)
+        return written
 
-    def wrote_pod(self, obj: Obj | None) -> None:
-        if obj is not None:
-            self.pods.put(index.slim_pod(obj))
-
-    def wrote_configmap(self, obj: Obj | None) -> None:
-        if obj is not None:
-            self.configmaps.put(obj)
+    def _deployment_written(self, change: Change) -> None:
+        """Its reconcile returns its own requeue; the other members of its app group gate on its record."""
+        self._deployment_changed(change, written=True)
 
 
 class CachedKube(Kube):
@@ -383,16 +440,17 @@ class CachedKube(Kube):
         return None if found is None else (found.get("data") or {}).get(c.RELEASE_CONFIGMAP_KEY)
 
     def write_configmap(self, namespace: str, deployment: dict[str, Any], release: str, source: str) -> Obj | None:
-        written = super().write_configmap(namespace, deployment, release, source)
-        self.cache.wrote_configmap(written)
-        return written
+        cache = self.cache
+        key = (namespace, c.release_configmap_name(deployment["metadata"]["name"]))
+        return cache.write(cache.configmaps, key, lambda: super(CachedKube, self).write_configmap(
+            namespace, deployment, release, source), lambda o: o, cache._configmap_changed)
 
     def annotate_deployment(self, namespace: str, name: str, annotations: dict[str, str | None]) -> Obj | None:
-        written = super().annotate_deployment(namespace, name, annotations)
-        self.cache.wrote_deployment(written)
-        return written
+        cache = self.cache
+        return cache.write(cache.deployments, (namespace, name), lambda: super(CachedKube, self).annotate_deployment(
+            namespace, name, annotations), index.slim_deployment, cache._deployment_changed, cache._deployment_written)
 
     def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str | None]) -> Obj | None:
-        written = super().annotate_pod(namespace, name, annotations)
-        self.cache.wrote_pod(written)
-        return written
+        cache = self.cache
+        return cache.write(cache.pods, (namespace, name), lambda: super(CachedKube, self).annotate_pod(
+            namespace, name, annotations), index.slim_pod, cache._pod_changed)

@@ -41,8 +41,11 @@ def api_client(plane: ControlPlane) -> client.ApiClient:
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """A control plane of this module's own, with the controller-manager making pods and no webhook
-    (which would inject its own agent port into the pods)."""
-    started = ControlPlane(tmp_path_factory.mktemp("cache-plane")).start()
+    (which would inject its own agent port into the pods). Deployments have no watch cache in the
+    API server, so their watches are etcd's: one from a version compacted away gets 410 Gone, as
+    on a cluster that has run for a while (the cache would serve a young cluster's whole history)."""
+    started = ControlPlane(tmp_path_factory.mktemp("cache-plane"),
+                           apiserver_args=("--watch-cache-sizes=deployments.apps#0",)).start()
     yield started
     started.stop()
 
@@ -154,8 +157,12 @@ def test_a_watch_from_an_expired_version_lists_again(plane: ControlPlane) -> Non
     changes: list[Any] = []
     informer = Informer("deployments", apps.list_deployment_for_all_namespaces, store, changes.append,
                         slim_deployment, watch_seconds=5)
-    # Resuming from version 2, long compacted out of the API server's watch cache: 410 Gone, then a list.
-    informer.run(threading.Event(), max_iterations=2, version="2")
+    old = apps.list_namespaced_deployment(ns).metadata.resource_version
+    apps.create_namespaced_deployment(ns, deployment("later"))
+    apps.patch_namespaced_deployment("later", ns, {"metadata": {"labels": {"touched": "yes"}}})
+    plane.compact_etcd()  # the creation of "later", the first event after `old`, is gone
+    # Resuming from a version compacted away meanwhile: 410 Gone, then a list.
+    informer.run(threading.Event(), max_iterations=2, version=old)
     assert informer.lists == 1
     assert store.get((ns, "deleted-meanwhile")) is None
     assert store.get((ns, "kept")) is not None

@@ -162,3 +162,31 @@ def test_a_relist_replaces_what_it_lists_keeps_later_writes_and_reports_changes(
     assert store.get(("ns", "written-later")) is not None
     assert store.get(("ns", "gone")) is None
 
+
+
+def test_the_echo_of_a_write_that_the_watch_brings_before_its_answer_is_not_news() -> None:
+    store = Store()
+    store.put(obj("a", "5"))
+    store.begin_write(("ns", "a"))
+    assert store.put(obj("a", "6")) is None  # the echo, held while the write is in flight
+    news, own = store.end_write(("ns", "a"), obj("a", "6"))
+    assert news == [] and own == (obj("a", "5"), obj("a", "6"))
+
+
+def test_another_writers_change_while_writing_is_still_news() -> None:
+    store = Store()
+    store.put(obj("a", "5"))
+    store.begin_write(("ns", "a"))
+    assert store.put(obj("a", "6")) is None  # someone else's change, just before ours
+    store.put(obj("a", "7"))  # our echo
+    news, _ = store.end_write(("ns", "a"), obj("a", "7"))
+    assert [new for _, new in news] == [obj("a", "6")]
+    assert store.get(("ns", "a")) == obj("a", "7")
+
+
+def test_a_failed_write_hands_back_what_the_watch_brought() -> None:
+    store = Store()
+    store.begin_write(("ns", "a"))
+    assert store.put(obj("a", "3")) is None
+    news, own = store.end_write(("ns", "a"), None)
+    assert news == [(None, obj("a", "3"))] and own is None
