@@ -200,12 +200,14 @@ class Bench:
             self.next_ip += 1
             return self.next_ip
 
-    def wait_complete(self, namespace: str, names: list[str], release: str, replicas: int) -> None:
+    def wait_complete(self, namespace: str, names: list[str], release: str, replicas: int,
+                      timeout: float = 1800) -> int:
         """Until every Deployment's rollout record says Complete on `release` with all its pods; one
         list of the namespace every 0.2 s (a GET per Deployment would load the machine the
-        controller runs on)."""
+        controller runs on). The number not Complete when `timeout` ran out (0: all were)."""
         pending = set(names)
-        while pending:
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
             for deployment in self.raw(self.apps.list_namespaced_deployment, namespace):
                 annotations = deployment["metadata"].get("annotations") or {}
                 r = json.loads(annotations.get("customer-friendly.dev/rollout") or "{}")
@@ -213,6 +215,7 @@ class Bench:
                     pending.discard(deployment["metadata"]["name"])
             if pending:
                 time.sleep(0.2)
+        return len(pending)
 
     def scenario(self, label: str, count: int, replicas: int, max_unavailable: str) -> dict[str, Any]:
         namespace = f"s-{count}x{replicas}"
@@ -224,15 +227,16 @@ class Bench:
             list(pool.map(lambda n: self.apps.patch_namespaced_deployment(
                 n, namespace, {"metadata": {"annotations": {"customer-friendly.dev/release": "v2"}}},
                 _preload_content=False), names))
-        self.wait_complete(namespace, names, "v2", replicas)
+        incomplete = self.wait_complete(namespace, names, "v2", replicas)
         elapsed = time.monotonic() - started
         pods = count * replicas
         calls = self.metric("cfo_controller_api_requests_total") - calls_before
         row = {"scenario": label, "deployments": count, "pods": pods, "seconds": elapsed,
                "pods_per_second": pods / elapsed, "api_requests_per_pod": calls / pods,
-               "controller_peak_rss_mib": self.peak_rss_mib()}
+               "controller_peak_rss_mib": self.peak_rss_mib(), "incomplete": incomplete}
         print(f"{label:38} {pods:>5} pods {elapsed:>7.1f} s {pods / elapsed:>7.1f} pods/s "
-              f"{calls / pods:>6.1f} API req/pod {row['controller_peak_rss_mib']:>7.1f} MiB peak RSS", flush=True)
+              f"{calls / pods:>6.1f} API req/pod {row['controller_peak_rss_mib']:>7.1f} MiB peak RSS"
+              + (f"  ({incomplete} Deployments NOT Complete)" if incomplete else ""), flush=True)
         return row
 
     def stop(self) -> None:
