@@ -332,13 +332,12 @@ class ClusterCache:
     # --- what wakes what ----------------------------------------------------------------------
 
     def routes(self, pod: Obj) -> list[Key]:
-        """The opted-in Deployments that select `pod`."""
+        """The opted-in Deployments that select `pod` (its ReplicaSet's Deployment, looked up by name;
+        the namespace's opted-in ones scanned only when that is not it)."""
         namespace = key_of(pod)[0]
         candidate = index.owner_candidate(pod)
         owner = self.deployments.get((namespace, candidate)) if candidate else None
-        if owner is not None and is_opted_in(owner):
-            return index.deployments_of_pod(pod, owner, ())
-        return index.deployments_of_pod(pod, None, self.deployments.in_namespace(namespace))
+        return index.deployments_of_pod(pod, owner, lambda: self.deployments.in_namespace(namespace))
 
     def _selected(self, pod: Obj) -> bool:
         return bool(self.routes(pod))

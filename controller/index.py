@@ -5,7 +5,7 @@ news. Pure, so they are unit-tested alone (controller/cache.py holds the stores 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from customer_friendly.contract.objects import Obj, annotations_of, is_opted_in
@@ -125,16 +125,18 @@ def owner_candidate(pod: Mapping[str, Any]) -> str | None:
 
 
 def deployments_of_pod(pod: Mapping[str, Any], candidate: Mapping[str, Any] | None,
-                       in_namespace: Iterable[Mapping[str, Any]]) -> list[Key]:
-    """The opted-in Deployments whose selector takes `pod`: the owner candidate when it does
-    (the usual case, one lookup), else any opted-in one of the namespace that selects it."""
+                       in_namespace: Callable[[], Iterable[Mapping[str, Any]]]) -> list[Key]:
+    """The opted-in Deployments whose selector takes `pod`. When the owner candidate selects it,
+    that one decides (the usual case, one lookup; a pod of a Deployment not opted in wakes
+    nothing without a scan); otherwise any opted-in one of the namespace (`in_namespace()`) that
+    selects it."""
     labels = labels_of(pod)
-    if candidate is not None and is_opted_in(candidate):
+    if candidate is not None:
         wanted = selector_labels(candidate)
         if wanted is not None and matches(wanted, labels):
-            return [key_of(candidate)]
+            return [key_of(candidate)] if is_opted_in(candidate) else []
     found = []
-    for deployment in in_namespace:
+    for deployment in in_namespace():
         wanted = selector_labels(deployment)
         if is_opted_in(deployment) and wanted is not None and matches(wanted, labels):
             found.append(key_of(deployment))

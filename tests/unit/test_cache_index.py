@@ -83,17 +83,23 @@ def test_only_equality_selectors_are_read_from_the_cache(selector: str, expected
 def test_a_pod_wakes_the_deployment_its_replica_set_is_named_after() -> None:
     web = deployment("web")
     assert index.owner_candidate(pod("web-1", "web")) == "web"
-    assert index.deployments_of_pod(pod("web-1", "web"), web, []) == [("ns", "web")]
+    assert index.deployments_of_pod(pod("web-1", "web"), web, list) == [("ns", "web")]
 
 
 def test_a_pod_the_candidate_does_not_select_is_matched_by_selector_in_its_namespace() -> None:
     other = pod("x-1", "web", owner="x")  # a ReplicaSet named like another Deployment, labels of web
-    assert index.deployments_of_pod(other, deployment("x"), [deployment("web"), deployment("db")]) == [("ns", "web")]
+    assert index.deployments_of_pod(other, deployment("x"), lambda: [deployment("web"), deployment("db")]) == \
+        [("ns", "web")]
+    assert index.deployments_of_pod(other, None, lambda: [deployment("web")]) == [("ns", "web")]  # no owner known
 
 
 def test_a_pod_of_a_deployment_not_opted_in_wakes_nothing() -> None:
     plain = deployment("plain", opted_in=False)
-    assert index.deployments_of_pod(pod("plain-1", "plain"), plain, [plain]) == []
+
+    def no_scan() -> list[dict]:
+        raise AssertionError("the owner decides: no scan of the namespace")
+
+    assert index.deployments_of_pod(pod("plain-1", "plain"), plain, no_scan) == []
 
 
 def test_a_release_configmap_wakes_its_owner() -> None:
