@@ -363,8 +363,12 @@ class ClusterCache:
             return
         _count()
         namespace = key_of(deployment)[0]
-        response = self.core.list_namespaced_pod(namespace, label_selector=label_selector(wanted),
-                                                 _preload_content=False)
+        try:
+            response = self.core.list_namespaced_pod(namespace, label_selector=label_selector(wanted),
+                                                     _preload_content=False)
+        except ApiException as err:  # its pods come as they change; the watch must go on meanwhile
+            logger.warning("%s/%s: could not list its pods (%s)", namespace, key_of(deployment)[1], err.reason)
+            return
         for pod in json.loads(response.data).get("items") or []:
             self.pods.put(index.slim_pod(pod))
 
