@@ -130,15 +130,18 @@ class Bench:
         self.controller: subprocess.Popen[bytes] | None = None
         self.next_ip = 0
 
-    def start_controller(self, workers: int | None = None) -> None:
+    def start_controller(self, workers: int | None = None, path: Path | None = None) -> None:
+        """The controller as a process; from `path` (a tree holding customer_friendly/<component>)
+        when given, to measure another version of it with the same benchmark."""
         log = (self.work / "controller.log").open("ab")
+        env = {**os.environ, "PYTHONPATH": str(path)} if path else None
         self.controller = subprocess.Popen(
             [sys.executable, "-m", "customer_friendly.controller", "--kubeconfig", str(self.cluster.kubeconfig),
              "--cert", str(self.certs / "controller.crt"), "--key", str(self.certs / "controller.key"),
              "--metrics-port", str(self.metrics_port), "--metrics-bind", "127.0.0.1", "--no-leader-election",
              "--agent-port", str(self.agent_port), "--log-level", "warning"]
             + (["--workers", str(workers)] if workers else []),
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def metric(self, name: str) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
@@ -253,13 +256,17 @@ def main() -> int:
                         help="numbers of 5-pod Deployments released at once, one scenario each")
     parser.add_argument("--no-single", action="store_true", help="leave out the one-Deployment scenario")
     parser.add_argument("--workers", type=int, default=None, help="the controller's --workers (default: its own)")
+    parser.add_argument("--controller-path", type=Path, default=None,
+                        help="run the controller from this tree (customer_friendly/<component>, e.g. unpacked from "
+                             "`git archive <commit> contract controller certs agent`), to measure another version")
+    parser.add_argument("--out", default="controller_scale.json", help="results file name in the results folder")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cfo-bench-scale-") as tmp:
         bench = Bench(Path(tmp), args.restart_seconds)
         try:
-            bench.start_controller(args.workers)
+            bench.start_controller(args.workers, args.controller_path)
             big = 50 if args.quick else 200
             if not args.no_single:
                 rows.append(bench.scenario(f"1 Deployment x {big} pods, 25%", 1, big, "25%"))
@@ -267,11 +274,13 @@ def main() -> int:
                 rows.append(bench.scenario(f"{count} Deployments x 5 pods at once", count, 5, "50%"))
         finally:
             bench.stop()
-    (RESULTS / "controller_scale.json").write_text(json.dumps(rows, indent=2))
-    before = json.loads(BEFORE.read_text()) if BEFORE.exists() else []
-    chart(rows, before, RESULTS / "controller_scale.png")
-    print(f"\nagents are stand-ins (restart {args.restart_seconds}s each); wrote {RESULTS / 'controller_scale.json'} "
-          f"and {RESULTS / 'controller_scale.png'}")
+    out = RESULTS / args.out
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"\nagents are stand-ins (restart {args.restart_seconds}s each); wrote {out}")
+    if args.controller_path is None:
+        before = json.loads(BEFORE.read_text()) if BEFORE.exists() else []
+        chart(rows, before, out.with_suffix(".png"))
+        print(f"and {out.with_suffix('.png')}")
     return 0
 
 
