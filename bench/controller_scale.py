@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
+from kubernetes.watch.watch import iter_resp_lines
 
 from testbed.controlplane import ROOT, ControlPlane, free_port, terminate
 from testbed.webhook import ensure_certs
@@ -205,19 +206,43 @@ class Bench:
 
     def wait_complete(self, namespace: str, names: list[str], release: str, replicas: int,
                       timeout: float = 1800) -> int:
-        """Until every Deployment's rollout record says Complete on `release` with all its pods; one
-        list of the namespace every 0.2 s (a GET per Deployment would load the machine the
-        controller runs on). The number not Complete when `timeout` ran out (0: all were)."""
+        """Until every Deployment's rollout record says Complete on `release` with all its pods: one
+        list, then a watch of the namespace's Deployments (polling a thousand of them would load
+        the machine the controller runs on, and measure to the poll's interval). The number not
+        Complete when `timeout` ran out (0: all were)."""
         pending = set(names)
         deadline = time.monotonic() + timeout
+
+        def seen(deployment: dict[str, Any]) -> None:
+            annotations = deployment["metadata"].get("annotations") or {}
+            r = json.loads(annotations.get("customer-friendly.dev/rollout") or "{}")
+            if r.get("release") == release and r.get("phase") == "Complete" and r.get("updated") == replicas:
+                pending.discard(deployment["metadata"]["name"])
+
+        def relist() -> str:
+            listed = json.loads(self.apps.list_namespaced_deployment(namespace, _preload_content=False).data)
+            for deployment in listed.get("items") or []:
+                seen(deployment)
+            return str(listed["metadata"]["resourceVersion"])
+
+        version = relist()
         while pending and time.monotonic() < deadline:
-            for deployment in self.raw(self.apps.list_namespaced_deployment, namespace):
-                annotations = deployment["metadata"].get("annotations") or {}
-                r = json.loads(annotations.get("customer-friendly.dev/rollout") or "{}")
-                if r.get("release") == release and r.get("phase") == "Complete" and r.get("updated") == replicas:
-                    pending.discard(deployment["metadata"]["name"])
-            if pending:
-                time.sleep(0.2)
+            response = self.apps.list_namespaced_deployment(
+                namespace, watch=True, resource_version=version, timeout_seconds=30, allow_watch_bookmarks=True,
+                _preload_content=False)
+            try:
+                for line in iter_resp_lines(response):
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":  # 410 Gone: list again
+                        version = relist()
+                        break
+                    version = event["object"].get("metadata", {}).get("resourceVersion") or version
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        seen(event["object"])
+                    if not pending or time.monotonic() > deadline:
+                        break
+            finally:
+                response.close()
         return len(pending)
 
     def scenario(self, label: str, count: int, replicas: int, max_unavailable: str) -> dict[str, Any]:
