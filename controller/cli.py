@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config(config_file=settings.kubeconfig)
-    api = client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    # Every worker may write at once, beside the caches' three watches and a list: with the
+    # client's default (5 per core) connections beyond it were closed after each request, and
+    # opened again with a TLS handshake on both sides.
+    configuration.connection_pool_maxsize = settings.workers + 8
+    api = client.ApiClient(configuration)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_bind)
     cache = ClusterCache(api)
