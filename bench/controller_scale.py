@@ -21,8 +21,9 @@ release, divided by the pods released. Peak RSS is the controller process's high
 of the earlier ones in its caches, so it is cumulative.
 
 The results go to bench/results/controller_scale.json and .png; the chart sets them beside
-bench/results/controller_scale_before.json (the figures of the controller before its caches,
-measured with this benchmark at commit 61b2844).
+bench/results/controller_scale_before.json: the controller before its caches, as committed at
+6d0fe32, when this benchmark polled completion with a GET per Deployment every 0.5 s (it now
+watches). `--controller-path` measures another version of the controller with this one.
 """
 
 from __future__ import annotations
