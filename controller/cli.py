@@ -13,8 +13,8 @@ from prometheus_client import start_http_server
 from customer_friendly.contract.config import add_arguments
 from customer_friendly.contract.policy_source import PolicySource
 from customer_friendly.controller.agents import AgentClient
+from customer_friendly.controller.cache import CachedKube, ClusterCache
 from customer_friendly.controller.config import SETTINGS, ControllerConfig
-from customer_friendly.controller.kube import Kube
 from customer_friendly.controller.loop import Controller, Lease
 from customer_friendly.controller.reconcile import Reconciler
 
@@ -37,14 +37,20 @@ def main(argv: list[str] | None = None) -> int:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config(config_file=settings.kubeconfig)
-    api = client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    # Every worker may write at once, beside the caches' three watches and a list: with the
+    # client's default (5 per core) connections beyond it were closed after each request, and
+    # opened again with a TLS handshake on both sides.
+    configuration.connection_pool_maxsize = settings.workers + 8
+    api = client.ApiClient(configuration)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_bind)
-    reconciler = Reconciler(Kube(api), AgentClient(settings.cert, settings.key), PolicySource(settings.policy_path),
-                            settings)
+    cache = ClusterCache(api)
+    reconciler = Reconciler(CachedKube(api, cache), AgentClient(settings.cert, settings.key),
+                            PolicySource(settings.policy_path), settings)
     lease = Lease(client.CoordinationV1Api(api), settings.namespace, "customer-friendly-controller",
                   settings.identity) if settings.leader_election else None
-    controller = Controller(reconciler.reconcile, client.AppsV1Api(api), lease, workers=settings.workers)
+    controller = Controller(reconciler.reconcile, cache.run, lease, workers=settings.workers)
     signal.signal(signal.SIGTERM, lambda *_: controller.stop.set())
     controller.run()
     return 0

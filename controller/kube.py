@@ -2,13 +2,16 @@
 
 Only what the ClusterRole in manifests/base/controller-rbac.yaml grants: Deployments and
 Pods (get, list, watch, patch), pods/status (patch: the in-place-ready condition of traffic:
-drain), EndpointSlices (list), ConfigMaps (get, create, patch), Events (create), and a Lease
-in the controller's own namespace.
+drain), EndpointSlices (list), ConfigMaps (get, list, watch, create, patch), Events (create),
+and a Lease in the controller's own namespace. Its writes return what the API answered, so
+that controller/cache.py (which serves the reads the reconcile makes on every poll) holds them
+before the watch brings them back.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from typing import Any
 
@@ -22,6 +25,12 @@ from customer_friendly.contract.readiness import ready_endpoint_pods
 logger = logging.getLogger(__name__)
 
 API_REQUESTS = Counter("cfo_controller_api_requests", "Requests the controller made to the Kubernetes API")
+
+
+def _answer(response: Any) -> dict[str, Any] | None:
+    """A write's answer as the dict the API sent (`_preload_content=False`: no model round trip)."""
+    body = json.loads(response.data or b"null")
+    return body if isinstance(body, dict) else None
 
 
 class Kube:
@@ -71,8 +80,10 @@ class Kube:
             raise
         return (cm.data or {}).get(c.RELEASE_CONFIGMAP_KEY)
 
-    def write_configmap(self, namespace: str, deployment: dict[str, Any], release: str, source: str) -> None:
-        """The release ConfigMap, owned by the Deployment so that it goes when the Deployment goes."""
+    def write_configmap(self, namespace: str, deployment: dict[str, Any], release: str,
+                        source: str) -> dict[str, Any] | None:
+        """The release ConfigMap, owned by the Deployment so that it goes when the Deployment goes;
+        the API's answer (what controller/cache.py keeps)."""
         meta = deployment["metadata"]
         name = c.release_configmap_name(meta["name"])
         body = {
@@ -86,12 +97,12 @@ class Kube:
         }
         self._count()
         try:
-            self.core.patch_namespaced_config_map(name, namespace, body)
+            return _answer(self.core.patch_namespaced_config_map(name, namespace, body, _preload_content=False))
         except ApiException as err:
             if err.status != 404:
                 raise
             self._count()
-            self.core.create_namespaced_config_map(namespace, body)
+            return _answer(self.core.create_namespaced_config_map(namespace, body, _preload_content=False))
 
     def job(self, namespace: str, name: str) -> dict[str, Any] | None:
         self._count()
@@ -122,17 +133,23 @@ class Kube:
         except ApiException:
             return None
 
-    def annotate_deployment(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+    def annotate_deployment(self, namespace: str, name: str,
+                            annotations: dict[str, str | None]) -> dict[str, Any] | None:
+        """The Deployment as the API answered the patch."""
         self._count()
-        self.apps.patch_namespaced_deployment(name, namespace, {"metadata": {"annotations": annotations}})
+        body = {"metadata": {"annotations": annotations}}
+        return _answer(self.apps.patch_namespaced_deployment(name, namespace, body, _preload_content=False))
 
-    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str | None]) -> dict[str, Any] | None:
+        """The pod as the API answered the patch; None for a pod deleted meanwhile."""
         self._count()
         try:
-            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
+            body = {"metadata": {"annotations": annotations}}
+            return _answer(self.core.patch_namespaced_pod(name, namespace, body, _preload_content=False))
         except ApiException as err:
             if err.status != 404:  # a pod deleted meanwhile needs no annotation
                 raise
+            return None
 
     def ready_endpoint_pods(self, namespace: str) -> frozenset[str]:
         """Pods the namespace's EndpointSlices list as ready: traffic can still reach them."""
@@ -140,14 +157,17 @@ class Kube:
         slices = client.DiscoveryV1Api(self.core.api_client).list_namespaced_endpoint_slice(namespace)
         return ready_endpoint_pods(self.core.api_client.sanitize_for_serialization(slices).get("items", []))
 
-    def set_pod_condition(self, namespace: str, name: str, condition: dict[str, str]) -> None:
-        """A strategic merge of one condition (merged by type) into the pod's status."""
+    def set_pod_condition(self, namespace: str, name: str, condition: dict[str, str]) -> dict[str, Any] | None:
+        """A strategic merge of one condition (merged by type) into the pod's status; the pod as
+        the API answered, None for a pod deleted meanwhile."""
         self._count()
         try:
-            self.core.patch_namespaced_pod_status(name, namespace, {"status": {"conditions": [condition]}})
+            body = {"status": {"conditions": [condition]}}
+            return _answer(self.core.patch_namespaced_pod_status(name, namespace, body, _preload_content=False))
         except ApiException as err:
             if err.status != 404:  # a pod deleted meanwhile holds no traffic
                 raise
+            return None
 
     def event(self, deployment: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
         meta = deployment["metadata"]

@@ -1,8 +1,8 @@
-"""Keep reconcile fed: list+watch Deployments, a delaying work queue, and a leader Lease.
+"""Keep reconcile fed: a delaying work queue fed by the caches' watches, and a leader Lease.
 
-The watch loop is deliberately plain: list, watch from the list's resourceVersion with
-bookmarks, and on 410 Gone (or any broken stream, such as an API server restart) list again.
-Only the Lease holder reconciles, so two replicas never roll the same Deployment.
+What wakes a Deployment is controller/cache.py's (list+watch of Deployments, their pods and
+release ConfigMaps; 410 Gone lists again). Only the Lease holder reconciles, so two replicas
+never roll the same Deployment; every replica keeps its caches warm.
 """
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-
-from customer_friendly import contract as c
-from customer_friendly.contract.objects import enabled
 
 logger = logging.getLogger(__name__)
 
@@ -68,67 +64,6 @@ class WorkQueue:
             again = self._again.pop(key, None)
         if again is not None:
             self.add(key, max(0.0, again - time.monotonic()))
-
-
-def _opted_in(obj: Any) -> bool:
-    return enabled((obj.metadata.annotations or {}) if obj.metadata else {})
-
-
-class _Waker:
-    """Enqueues a changed Deployment, and the other members of its app group, which wait on it."""
-
-    def __init__(self, enqueue: Callable[[Key], None]) -> None:
-        self.enqueue = enqueue
-        self.groups: dict[tuple[str, str], set[Key]] = {}
-
-    def seen(self, obj: Any) -> None:
-        key = (obj.metadata.namespace, obj.metadata.name)
-        app = (obj.metadata.annotations or {}).get(c.APP)
-        peers: set[Key] = set()
-        if app:
-            peers = self.groups.setdefault((key[0], app), set())
-            peers.add(key)
-        self.enqueue(key)
-        for peer in sorted(peers - {key}):
-            self.enqueue(peer)
-
-
-def _list_then_watch(apps: client.AppsV1Api, waker: _Waker, stop: threading.Event) -> None:
-    """One list and the watch from its resourceVersion, until the stream ends or `stop` is set."""
-    listed = apps.list_deployment_for_all_namespaces()
-    for item in listed.items:
-        if _opted_in(item):
-            waker.seen(item)
-    stream = watch.Watch()
-    version = listed.metadata.resource_version
-    for event in stream.stream(apps.list_deployment_for_all_namespaces, resource_version=version,
-                               allow_watch_bookmarks=True, timeout_seconds=60):
-        if stop.is_set():
-            stream.stop()
-            return
-        if event["type"] != "BOOKMARK" and (_opted_in(event["object"]) or event["type"] == "DELETED"):
-            waker.seen(event["object"])
-
-
-def watch_deployments(apps: client.AppsV1Api, enqueue: Callable[[Key], None], stop: threading.Event,
-                      max_iterations: int | None = None) -> None:
-    """List, then watch; 410 or a broken stream go back to listing. `max_iterations` is for tests.
-
-    A change to one Deployment of an app group also wakes the others: they wait on each other.
-    """
-    iterations = 0
-    waker = _Waker(enqueue)
-    while not stop.is_set() and (max_iterations is None or iterations < max_iterations):
-        iterations += 1
-        try:
-            _list_then_watch(apps, waker, stop)
-        except ApiException as err:
-            if err.status != 410:
-                logger.warning("watch failed (%s); listing again in 1s", err.reason)
-                stop.wait(1)
-        except Exception as err:  # a dropped connection, an API server restart
-            logger.warning("watch interrupted (%s); listing again in 1s", err)
-            stop.wait(1)
 
 
 class Lease:
@@ -186,10 +121,14 @@ class Lease:
             logger.warning("could not release the lease: %s", err.reason)
 
 
+Sources = Callable[[Callable[[Key], None], threading.Event], None]
+"""Starts what wakes Deployments (ClusterCache.run): it calls the enqueue it is given, until the event is set."""
+
+
 class Controller:
-    def __init__(self, reconcile: Callable[[str, str], float | None], apps: client.AppsV1Api, lease: Lease | None,
-                 workers: int = 4, resync_seconds: float = 30.0) -> None:
-        self.reconcile, self.apps, self.lease = reconcile, apps, lease
+    def __init__(self, reconcile: Callable[[str, str], float | None], sources: Sources, lease: Lease | None,
+                 workers: int = 16, resync_seconds: float = 30.0) -> None:
+        self.reconcile, self.sources, self.lease = reconcile, sources, lease
         self.workers, self.resync_seconds = workers, resync_seconds
         self.queue = WorkQueue()
         self.stop = threading.Event()
@@ -243,8 +182,7 @@ class Controller:
 
     def run(self) -> None:
         threads = [threading.Thread(target=self._lead, name="lease", daemon=True),
-                   threading.Thread(target=watch_deployments, args=(self.apps, self._enqueue, self.stop),
-                                    name="watch", daemon=True),
+                   threading.Thread(target=self.sources, args=(self._enqueue, self.stop), name="sources", daemon=True),
                    threading.Thread(target=self._resync, name="resync", daemon=True)]
         threads += [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
                     for i in range(self.workers)]

@@ -9,6 +9,7 @@ unless a test writes their status.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -120,8 +122,11 @@ class ControlPlane:
     for_node: bool = False
     """A kubelet joins: Node authorization, kubelet client credentials, the node-lifecycle controller,
     the ServiceAccount admission plugin, and the `kubernetes` Service's endpoint kept by the API server."""
+    apiserver_args: tuple[str, ...] = ()
+    """More flags for kube-apiserver (a test that needs, say, a resource's watch cache off)."""
     processes: list[_Process] = field(default_factory=list)
     api_port: int = 0
+    etcd_url: str = ""
     kubeconfig: Path = field(init=False)
     ca: KeyPair = field(init=False)
 
@@ -146,6 +151,18 @@ class ControlPlane:
             raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to now, as a long-running API server has it done every 5
+        minutes: a watch from a version before this gets 410 Gone. The revision compacted to."""
+        def call(path: str, body: dict[str, object]) -> dict[str, Any]:
+            request = urllib.request.Request(f"{self.etcd_url}{path}", data=json.dumps(body).encode(), method="POST")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.load(response)
+
+        revision = int(call("/v3/kv/range", {"key": "AA=="})["header"]["revision"])
+        call("/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
     # --- start-up -------------------------------------------------------------------------
 
     def start(self) -> ControlPlane:
@@ -153,7 +170,7 @@ class ControlPlane:
         self.workdir.mkdir(parents=True, exist_ok=True)
         pki = self._write_pki()
         try:
-            etcd_url = self._start_etcd()
+            etcd_url = self.etcd_url = self._start_etcd()
             self._start_apiserver(etcd_url, pki)
             if self.with_controller_manager:
                 self._start_controller_manager(pki)
@@ -260,6 +277,7 @@ class ControlPlane:
                 "--disable-admission-plugins=ServiceAccount",
                 "--endpoint-reconciler-type=none",
             ]
+        self._apiserver_args += list(self.apiserver_args)
         apiserver = self._spawn("kube-apiserver", self._apiserver_args)
         self._pki = pki
         self.kubeconfig = self.workdir / "admin.kubeconfig"

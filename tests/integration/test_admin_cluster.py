@@ -101,6 +101,10 @@ def test_install_applies_everything_and_grants_only_what_is_needed(plane: Contro
     assert can_i(plane, controller, "patch", "deployments", "-n", "shop")
     assert can_i(plane, controller, "patch", "pods", "-n", "shop")
     assert can_i(plane, controller, "create", "configmaps", "-n", "shop")
+    for verb in ("list", "watch"):  # the caches: Deployments, pods, release ConfigMaps, cluster-wide
+        for resource in ("deployments", "pods", "configmaps"):
+            assert can_i(plane, controller, verb, resource, "--all-namespaces")
+    assert not can_i(plane, controller, "list", "secrets", "--all-namespaces")
     assert can_i(plane, controller, "update", "leases/customer-friendly-controller", "-n", NS)
     assert can_i(plane, controller, "create", "jobs", "-n", "shop")
     assert not can_i(plane, controller, "delete", "jobs", "-n", "shop")
