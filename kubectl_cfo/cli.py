@@ -164,10 +164,10 @@ def status(args: argparse.Namespace, session: Session, deployment: dict[str, Any
     rollout = document["rollout"]  # the annotation's JSON form, as -o json shows it
     summary = (f"release {document['wanted']}: {rollout.get('phase', 'no rollout yet')} "
                f"({rollout.get('updated', 0)}/{rollout.get('total', 0)} pods) {rollout.get('message', '')}")
-    emit(args, document, view.table(document["pods"], [("POD", "pod"), ("IP", "ip"), ("PHASE", "phase"),
-                                                       ("READY", "ready"), ("RELEASE", "release"),
-                                                       ("TRAFFIC", "traffic")])
-         + "\n\n" + summary.rstrip())
+    columns = [("POD", "pod"), ("IP", "ip"), ("PHASE", "phase"), ("READY", "ready"), ("RELEASE", "release")]
+    if any(row["traffic"] for row in document["pods"]):  # traffic: drain only
+        columns.append(("TRAFFIC", "traffic"))
+    emit(args, document, view.table(document["pods"], columns) + "\n\n" + summary.rstrip())
     return 0
 
 

@@ -63,3 +63,7 @@ def test_a_drain_first_hot_restart_of_a_single_mode_puma_drops_nothing_under_loa
         assert (status["release"], status["asked"]) == ("s2", {"s2": 1}), status
     events = [reason for reason, _ in app.events()]
     assert "RolloutComplete" in events
+    table = app.cfo("status", "web")
+    header, *rows = table.stdout.split("\n\n")[0].splitlines()
+    assert header.split() == ["POD", "IP", "PHASE", "READY", "RELEASE", "TRAFFIC"], table.stdout
+    assert [row.split()[-2:] for row in rows] == [["s2", "in"]] * app.replicas, table.stdout
