@@ -523,18 +523,7 @@ def plan(spec: Spec, rollout: Rollout | None, configmap_release: str | None, pod
         if collected is None:
             return actions
         rollout = collected
-    return _look_again_for_gates(pods, _between_batches(spec, rollout, pods, migration, actions, now))
-
-
-GATE_POLL_SECONDS = 2.0
-"""How soon to look again for gated pods that are not running yet: each will need its gate
-opened to become Ready, and a pod starting to run changes nothing the Deployment watch sees."""
-
-
-def _look_again_for_gates(pods: list[PodState], actions: Actions) -> Actions:
-    if any(p.gated and not p.ready for p in pods):
-        actions.requeue_seconds = min(actions.requeue_seconds or GATE_POLL_SECONDS, GATE_POLL_SECONDS)
-    return actions
+    return _between_batches(spec, rollout, pods, migration, actions, now)
 
 
 # --- Shared by the regimes -------------------------------------------------------------------

@@ -121,7 +121,9 @@ class Reconciler:
         rollout = Rollout.from_annotation(annotations.get(c.ROLLOUT))
         pods = {p["metadata"]["name"]: p for p in self.kube.pods(namespace, pod_selector(deployment))}
         job_name = c.migration_job_name(name, spec.release + (f"-{spec.retry}" if spec.retry else ""))
-        serving = self.kube.ready_endpoint_pods(namespace) if spec.drain else frozenset()
+        # Only a batch in flight waits for its pods to leave the EndpointSlices: no list otherwise.
+        draining = spec.drain and rollout is not None and bool(rollout.batch)
+        serving = self.kube.ready_endpoint_pods(namespace) if draining else frozenset()
         return Observed(deployment, settings, spec, rollout, pods, self._pod_states(pods, rollout, serving, log),
                         self._migration(namespace, job_name, spec, rollout), job_name, log)
 

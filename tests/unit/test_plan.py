@@ -391,13 +391,3 @@ def test_a_gate_is_not_touched_when_traffic_is_live() -> None:
     world = World(replace(DRAIN, drain=False), gated_pods(2))
     world.run()
     assert world.record.phase == COMPLETE and world.gate_writes == []
-
-
-def test_a_gated_pod_not_running_yet_is_looked_for_again_to_open_its_gate() -> None:
-    """A pod starting to run changes nothing the Deployment watch sees, yet it needs its gate."""
-    starting = [replace(p, ready=False, gate_open=None, in_endpoints=False) for p in gated_pods(1, "v2")]
-    actions = plan(DRAIN, Rollout("v2", "v1", COMPLETE, 1, 1), "v2", starting, NOW)
-    assert actions.gates == {} and actions.requeue_seconds == 2.0
-    running = [replace(p, ready=True) for p in starting]
-    actions = plan(DRAIN, Rollout("v2", "v1", COMPLETE, 1, 1), "v2", running, NOW)
-    assert actions.gates == {"web-0": True} and actions.requeue_seconds is None
