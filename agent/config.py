@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from customer_friendly.agent.archive import Limits
 from customer_friendly.certs.names import CONTROLLER_CN
 from customer_friendly.contract.agent_api import AgentEnv
+from customer_friendly.contract.archive import Limits
 from customer_friendly.contract.config import Setting, flag, number, read, whole
 
 # Every setting, with the environment name that backs it; the webhook injects the AgentEnv ones.

@@ -22,21 +22,19 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from customer_friendly.agent.archive import DEFAULT_LIMITS, MARKER, PREVIOUS_RECORD, Limits, UnsafeArchive, extract
+from customer_friendly.agent.archive import extract
 from customer_friendly.agent.fetch import FetchError, fetch, fetch_optional_text
 from customer_friendly.agent.tree import remove_tree
-from customer_friendly.contract import RELEASE_PLACEHOLDER, is_release_id
+from customer_friendly.contract import is_release_id
+from customer_friendly.contract.archive import DEFAULT_LIMITS, MARKER, PREVIOUS_RECORD, Limits, UnsafeArchive
+from customer_friendly.contract.artifact import ArtifactError, artifact_url, checksum_url, parse_checksum
 
 logger = logging.getLogger(__name__)
-
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-
 
 class ReleaseError(RuntimeError):
     """A release could not be fetched, verified or installed; the serving one is untouched."""
@@ -66,22 +64,6 @@ class Layout:
 
     def previous_record(self, release: str) -> Path:
         return self.release_dir(release) / PREVIOUS_RECORD
-
-
-def source_url(template: str, release: str) -> str:
-    if not is_release_id(release):
-        raise ReleaseError(f"invalid release id {release!r}")
-    if RELEASE_PLACEHOLDER not in template:
-        raise ReleaseError(f"source {template!r} has no {RELEASE_PLACEHOLDER} placeholder")
-    return template.replace(RELEASE_PLACEHOLDER, release)
-
-
-def parse_sha256_file(text: str) -> str:
-    """The digest from a `.sha256` file: `<hex>` or `<hex>  <file name>` (sha256sum's format)."""
-    token = text.strip().split()[0] if text.strip() else ""
-    if not _SHA256.match(token):
-        raise ReleaseError("the .sha256 file does not start with a 64-digit hex SHA-256 digest")
-    return token.lower()
 
 
 def _read_link(link: Path) -> str | None:
@@ -141,34 +123,44 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _download_verified(url: str, archive: Path, require_sha256: bool, limits: Limits) -> tuple[str, bool]:
+    """Fetch `url` into `archive`; its sha256, and whether a `.sha256` beside it vouched for it."""
+    try:
+        expected_text = fetch_optional_text(checksum_url(url))
+        if expected_text is None and require_sha256:
+            raise ReleaseError(f"{checksum_url(url)} not found, and the policy requires a checksum")
+        fetch(url, archive, limits.max_bytes)
+        digest = _sha256_of(archive)
+        if expected_text is None:
+            return digest, False
+        expected = parse_checksum(expected_text)
+    except (FetchError, ArtifactError) as err:
+        raise ReleaseError(str(err)) from err
+    if digest != expected:
+        raise ReleaseError(f"checksum mismatch for {url}: got {digest}, {checksum_url(url)} says {expected}")
+    return digest, True
+
+
 def install(layout: Layout, release: str, source_template: str, *, require_sha256: bool = False,
             limits: Limits = DEFAULT_LIMITS) -> bool:
     """Fetch, verify and extract a release beside the serving one. False if already there."""
     if is_installed(layout, release):
         return False
-    url = source_url(source_template, release)
+    try:
+        url = artifact_url(source_template, release)
+    except ArtifactError as err:
+        raise ReleaseError(str(err)) from err
     layout.releases.mkdir(parents=True, exist_ok=True)
     partial = layout.partial_dir(release)
     _remove_quietly(partial)
     with tempfile.TemporaryDirectory(dir=layout.root, prefix=".download-") as tmp:
         archive = Path(tmp) / "release.tar.gz"
-        try:
-            expected_text = fetch_optional_text(url + ".sha256")
-            if expected_text is None and require_sha256:
-                raise ReleaseError(f"{url}.sha256 not found, and the policy requires a checksum")
-            fetch(url, archive, limits.max_bytes)
-        except FetchError as err:
-            raise ReleaseError(str(err)) from err
-        digest = _sha256_of(archive)
-        if expected_text is not None:
-            expected = parse_sha256_file(expected_text)
-            if digest != expected:
-                raise ReleaseError(f"checksum mismatch for {url}: got {digest}, {url}.sha256 says {expected}")
+        digest, verified = _download_verified(url, archive, require_sha256, limits)
         try:
             partial.mkdir()
             size = extract(archive, partial, limits)
             _write_new(partial / MARKER, json.dumps(
-                {"release": release, "source": url, "sha256": digest, "verified": expected_text is not None,
+                {"release": release, "source": url, "sha256": digest, "verified": verified,
                  "bytes": size, "installedAt": time.time()}))
             target = layout.release_dir(release)
             remove_tree(target)  # an unmarked leftover of an interrupted install, if any

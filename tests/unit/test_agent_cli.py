@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from customer_friendly.agent.archive import Limits
 from customer_friendly.agent.config import AgentConfig
 from customer_friendly.agent.operation import Agent
+from customer_friendly.contract.archive import Limits
 from testbed.product_copy import copy_product
 from testbed.puma_app import publish, release_archive
 from tests.unit.test_archive import _python_without_filters

@@ -22,7 +22,7 @@ from customer_friendly.agent.puma import (
     summarize_log,
     workers_up,
 )
-from customer_friendly.agent.release import ReleaseError, parse_sha256_file, source_url
+from customer_friendly.contract.artifact import ArtifactError, artifact_url, parse_checksum
 
 DATA = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "proc_table.json").read_text())
 TABLE = [Process(p["pid"], p["ppid"], p["start"], p["title"]) for p in DATA["processes"]]
@@ -189,19 +189,19 @@ def test_single_mode_stats_have_no_workers() -> None:
     ("A" * 64 + "  v2.tar.gz\n", "a" * 64),
 ])
 def test_sha256_files_in_sha256sum_format(text: str, digest: str) -> None:
-    assert parse_sha256_file(text) == digest
+    assert parse_checksum(text) == digest
 
 
 @pytest.mark.parametrize("text", ["", "abc", "z" * 64, "v2.tar.gz " + "a" * 64])
 def test_malformed_sha256_files_are_refused(text: str) -> None:
-    with pytest.raises(ReleaseError):
-        parse_sha256_file(text)
+    with pytest.raises(ArtifactError):
+        parse_checksum(text)
 
 
 def test_the_source_template_gets_the_release() -> None:
-    assert source_url("s3://b/web/{release}.tar.gz", "v2") == "s3://b/web/v2.tar.gz"
-    with pytest.raises(ReleaseError):
-        source_url("s3://b/web/{release}.tar.gz", "../v2")
+    assert artifact_url("s3://b/web/{release}.tar.gz", "v2") == "s3://b/web/v2.tar.gz"
+    with pytest.raises(ArtifactError):
+        artifact_url("s3://b/web/{release}.tar.gz", "../v2")
 
 
 def test_a_crash_looping_workers_output_is_summarized_to_its_distinct_last_lines() -> None:

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from customer_friendly.agent import archive as archive_module
-from customer_friendly.agent.archive import (
+from customer_friendly.agent.archive import extract
+from customer_friendly.contract.archive import (
     Limits,
     LinkError,
     Member,
     UnsafeArchive,
     check_members,
-    extract,
     plan_directories,
     resolve,
 )
@@ -339,8 +339,14 @@ def test_extraction_works_on_a_python_311_without_tarfile_filters(tmp_path: Path
                                                                                          "symlink:config")])
     out = tmp_path / "out"
     out.mkdir()
-    done = subprocess.run([python, "-c", "import sys; from pathlib import Path; from agent.archive import extract; "
+    # The product's package layout, for an interpreter that has none of our venv.
+    package = tmp_path / "path" / "customer_friendly"
+    package.mkdir(parents=True)
+    for part in ("agent", "contract"):
+        (package / part).symlink_to(ROOT / part)
+    done = subprocess.run([python, "-c", "import sys; from pathlib import Path; "
+                           "from customer_friendly.agent.archive import extract; "
                            "print(extract(Path(sys.argv[1]), Path(sys.argv[2])))", str(archive), str(out)],
-                          cwd=ROOT, capture_output=True, text=True)
+                          cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "path")}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "10" and (out / "lib" / "puma.rb").read_text() == "workers 2\n"

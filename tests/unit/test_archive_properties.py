@@ -15,7 +15,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from customer_friendly.agent.archive import Member, UnsafeArchive, check_members, extract, resolve
+from customer_friendly.agent.archive import extract
+from customer_friendly.contract.archive import Member, UnsafeArchive, check_members, resolve
 from tests.unit.test_archive import make_tar, snapshot
 
 NAMES = st.sampled_from(["a", "b", "c", "d"])

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from customer_friendly.agent.archive import Limits
 from customer_friendly.agent.release import (
     Layout,
     ReleaseError,
@@ -21,6 +20,7 @@ from customer_friendly.agent.release import (
     restore,
     switch,
 )
+from customer_friendly.contract.archive import Limits
 from testbed.puma_app import publish, release_archive
 
 
