@@ -80,7 +80,9 @@ def show_names(names: Sequence[str], limit: int = 10) -> str:
 
 
 def _refuse(annotation: str, value: str, accepts: str) -> Refusal:
-    return Refusal(f"annotation {annotation}={show(value)} is invalid: it accepts {accepts}")
+    """`annotation` names where the value came from: an annotation, or an option (`--source`)."""
+    where = annotation if annotation.startswith("--") else f"annotation {annotation}"
+    return Refusal(f"{where}={show(value)} is invalid: it accepts {accepts}")
 
 
 # ASCII digits only ([0-9], never str.isdigit, which accepts '²' that int() refuses), and at

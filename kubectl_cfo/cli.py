@@ -6,14 +6,18 @@
     kubectl cfo rollback DEPLOY [--wait]       release the previous release again
     kubectl cfo pause|resume DEPLOY            stop between batches / carry on
     kubectl cfo fleet                          every opted-in Deployment and what its pods run
+    kubectl cfo publish DIR ID --source URI    pack DIR as release ID and upload it (s3:// or file://)
+    kubectl cfo releases DEPLOY                what is published for its source, and which pods serve what
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -22,8 +26,12 @@ from kubernetes.client.exceptions import ApiException
 
 from customer_friendly import contract as c
 from customer_friendly.contract import groups
-from customer_friendly.contract.objects import is_opted_in, pod_selector
+from customer_friendly.contract.artifact import ArtifactError, checksum_url, parse_checksum, release_of
+from customer_friendly.contract.objects import annotations_of, is_opted_in, pod_selector
 from customer_friendly.kubectl_cfo import view
+from customer_friendly.kubectl_cfo.package import PackError
+from customer_friendly.kubectl_cfo.publish import PUBLISHED, REPLACED, UNCHANGED, PublishError, publish
+from customer_friendly.kubectl_cfo.stores import ArtifactStore, StoreError, store_for
 
 
 class CommandError(RuntimeError):
@@ -65,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
                        ("pause", "pause the rollout between batches"), ("resume", "resume a paused rollout")):
         command(name, text).add_argument("deployment")
     command("fleet", "every opted-in Deployment and the releases its pods run")
+    publish = command("publish", "pack DIR as release ID and publish it with its .sha256 to --source")
+    publish.add_argument("directory", metavar="DIR")
+    publish.add_argument("release", metavar="ID")
+    publish.add_argument("--source", required=True,
+                         help="the Deployments' source template, such as s3://bucket/web/{release}.tar.gz")
+    publish.add_argument("--force", action="store_true", help="replace a published release whose bytes differ")
+    releases = command("releases", "releases published for a Deployment's source, and the pods serving each")
+    releases.add_argument("deployment")
+    releases.add_argument("--limit", type=int, default=20, help="newest releases shown (default 20; 0: all)")
     return parser
 
 
@@ -205,11 +222,67 @@ def release(args: argparse.Namespace, session: Session, deployment: dict[str, An
     return wait(session, [name], target, args.timeout) if args.wait else 0
 
 
+def publish_release(args: argparse.Namespace) -> int:
+    """publish: no cluster needed, so a CI job without a kubeconfig can publish."""
+    tty = sys.stderr.isatty()
+
+    def progress(sent: int, total: int) -> None:
+        if tty:
+            print(f"\r{view.upload_bar(sent, total)}", end="" if sent < total else "\n", file=sys.stderr, flush=True)
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    try:
+        published = publish(Path(args.directory), args.release, args.source, force=args.force, progress=progress,
+                            say=say)
+    except (PublishError, PackError, StoreError) as err:
+        raise CommandError(str(err)) from err
+    document = dataclasses.asdict(published)
+    lines = {PUBLISHED: f"published {published.url} (sha256 {published.sha256})",
+             UNCHANGED: f"unchanged: {published.url} already holds these bytes (sha256 {published.sha256})",
+             REPLACED: f"replaced {published.url}: sha256 {published.previous_sha256} -> {published.sha256}"}
+    emit(args, document, lines[published.outcome])
+    return 0
+
+
+def releases(args: argparse.Namespace, session: Session, deployment: dict[str, Any]) -> int:
+    source = annotations_of(deployment).get(c.SOURCE, "")
+    prefix = source.split(c.RELEASE_PLACEHOLDER, 1)[0]
+    try:
+        store = store_for(prefix)
+        found = [(rel, obj) for obj in store.list(prefix) if (rel := release_of(source, obj.url))]
+        found.sort(key=lambda item: item[1].modified)
+        shown = found[-args.limit:] if args.limit > 0 else found
+        published = [(rel, obj.size, obj.modified, _checksum(store, obj.url)) for rel, obj in shown]
+    except StoreError as err:
+        raise CommandError(str(err)) from err
+    rollout = view.rollout_of(deployment)
+    rows = view.release_rows(published, annotations_of(deployment).get(c.RELEASE),
+                             rollout.previous if rollout else None, session.pods(deployment))
+    hidden = len(found) - len(shown)
+    emit(args, rows, view.table(rows, [("RELEASE", "release"), ("PUBLISHED", "published"), ("SIZE", "size"),
+                                       ("SHA256", "sha256"), ("PODS", "pods"), ("SERVING", "serving"),
+                                       ("NOTE", "note")])
+         + (f"\n({hidden} older releases not shown: --limit 0 shows all)" if hidden else ""))
+    return 0
+
+
+def _checksum(store: ArtifactStore, url: str) -> str | None:
+    text = store.read_text(checksum_url(url))
+    try:
+        return parse_checksum(text) if text is not None else None
+    except ArtifactError:
+        return "(damaged)"
+
+
 ON_A_DEPLOYMENT = {"status": status, "history": history, "pause": pause_or_resume, "resume": pause_or_resume,
-                   "release": release, "rollback": release}
+                   "release": release, "rollback": release, "releases": releases}
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "publish":
+        return publish_release(args)
     session = Session(args)
     if args.command == "fleet":
         return fleet(args, session)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -104,3 +105,39 @@ def progress_line(rollout: Rollout, elapsed: float, width: int = 24) -> str:
     batch = f" ({len(rollout.batch)} pods)" if rollout.batch else ""
     return (f"[{bar}] {rollout.updated}/{rollout.total} pods on {rollout.release}  {rollout.phase}"
             f"  batch {rollout.batch_number}{batch}  {elapsed:.0f}s")
+
+
+def release_rows(published: list[tuple[str, int, float, str | None]], wanted: str | None,
+                 previous: str | None, pods: list[Obj], shown_pods: int = 3) -> list[Obj]:
+    """What is published for a Deployment's source, oldest first: each release with its size, time
+    and checksum, and the pods that serve it. `published` holds (release, bytes, seconds since the
+    epoch, sha256 or None). A release a pod serves that is not published shows too."""
+    serving: dict[str, list[str]] = {}
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        release = annotations_of(pod).get(c.RELEASE)
+        if release:
+            serving.setdefault(release, []).append(pod["metadata"]["name"])
+    known = {release for release, *_ in published}
+    rows = [_release_row(release, size, modified, sha256, serving.get(release, []), shown_pods)
+            for release, size, modified, sha256 in sorted(published, key=lambda p: (p[2], p[0]))]
+    rows += [_release_row(release, None, None, None, serving[release], shown_pods)
+             for release in sorted(set(serving) - known)]
+    for row in rows:
+        notes = [note for note, match in (("wanted", wanted), ("previous", previous)) if match == row["release"]]
+        row["note"] = ", ".join(notes + ([] if row["release"] in known else ["not published"]))
+    return rows
+
+
+def _release_row(release: str, size: int | None, modified: float | None, sha256: str | None,
+                 pods: list[str], shown: int) -> Obj:
+    names = ", ".join(pods[:shown]) + (f" (+{len(pods) - shown})" if len(pods) > shown else "")
+    published = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(modified)) if modified is not None else "")
+    return {"release": release, "published": published, "size": size, "sha256": (sha256 or "")[:12],
+            "pods": len(pods), "serving": names}
+
+
+def upload_bar(sent: int, total: int, width: int = 24) -> str:
+    """One line of upload progress: bar, percent, MiB sent of total."""
+    share = sent / total if total else 1.0
+    filled = int(width * share)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {share:4.0%}  {sent / 2**20:.1f}/{total / 2**20:.1f} MiB"
