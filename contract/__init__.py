@@ -67,6 +67,12 @@ def is_release_id(value: str) -> bool:
     """True for a valid release id. fullmatch, because `$` alone would accept "v1\\n"."""
     return RELEASE_ID.fullmatch(value) is not None
 
+CONTROLLER_FIELD_MANAGER = "customer-friendly-controller"
+"""The field manager of what the controller writes (its user agent): the rollout record, pods'
+release marks, release ConfigMaps."""
+PLUGIN_FIELD_MANAGER = "kubectl-cfo"
+"""The field manager of what `kubectl cfo` writes: the release, paused."""
+
 RELEASE_PLACEHOLDER = "{release}"
 SOURCE_SCHEMES = ("s3://", "https://", "file://")
 

@@ -10,6 +10,7 @@ import sys
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
+from customer_friendly import contract as c
 from customer_friendly.contract.config import add_arguments
 from customer_friendly.contract.policy_source import PolicySource
 from customer_friendly.controller.agents import AgentClient
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     # opened again with a TLS handshake on both sides.
     configuration.connection_pool_maxsize = settings.workers + 8
     api = client.ApiClient(configuration)
+    # The API server names a write's field manager after the user agent's first word: GitOps
+    # tools can then tell (and ignore) what the controller writes, e.g. Argo CD's
+    # managedFieldsManagers (README, "GitOps").
+    api.user_agent = f"{c.CONTROLLER_FIELD_MANAGER}/0.1.0"
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_bind)
     cache = ClusterCache(api)

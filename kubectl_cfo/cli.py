@@ -89,6 +89,7 @@ class Session:
     def __init__(self, args: argparse.Namespace) -> None:
         try:
             api = config.new_client_from_config(config_file=args.kubeconfig, context=args.context)
+            api.user_agent = f"{c.PLUGIN_FIELD_MANAGER}/0.1.0"  # the field manager of the release it sets
             contexts, active = config.list_kube_config_contexts(config_file=args.kubeconfig)
             current = next((ctx for ctx in contexts if ctx["name"] == args.context), None) if args.context else active
         except (config.ConfigException, OSError, TypeError) as err:

@@ -5,6 +5,7 @@ release that cannot boot fails the job (the rollout rolls back)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,6 +64,12 @@ def test_publish_and_release_from_a_pipeline(app: WebApp, sources: Sources, tmp_
     assert good.returncode == 0, good.stderr
     assert f"Complete: all {app.replicas} running pods serve c2" in good.stderr
     assert {app.agent_status(p)["release"] for p in app.pods()} == {"c2"}
+    # Who wrote what, as GitOps tools see it (README, "GitOps"): the release by kubectl-cfo, the
+    # rollout record by the controller.
+    fields = json.loads(app.kubectl("get", "deployment", app.name, "-o", "json", "--show-managed-fields").stdout)
+    owners = {entry["manager"]: json.dumps(entry.get("fieldsV1", {})) for entry in fields["metadata"]["managedFields"]}
+    assert f"f:{c.RELEASE}" in owners[c.PLUGIN_FIELD_MANAGER]
+    assert f"f:{c.ROLLOUT}" in owners[c.CONTROLLER_FIELD_MANAGER]
 
     rerun = pipeline(app, sources, app_directory(tmp_path / "c2-again", "c2"), "c2")
     assert rerun.returncode == 0, rerun.stderr
