@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cu
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: bench bench-quick help venv debian-packages k8s-binaries images lint unit integration node test cluster cluster-down demo preflight install upgrade uninstall clean
+.PHONY: bench bench-quick help venv debian-packages k8s-binaries helm-binary images lint unit integration node test cluster cluster-down demo preflight install upgrade uninstall clean
 
 help:
 	@echo "make demo         run the local demo on an embedded control plane"
@@ -18,6 +18,7 @@ help:
 	@echo "make cluster-down tear down what make cluster left up"
 	@echo "make k8s-binaries build/cache etcd, kube-apiserver, kube-controller-manager, kubectl, kubelet,"
 	@echo "                  kube-scheduler, kube-proxy and local-path-provisioner"
+	@echo "make helm-binary  build/cache helm (the chart's tests: lint, template, install, upgrade, uninstall)"
 	@echo "make images       build/cache our images (images/Dockerfile, by buildah) and the Puma app image"
 	@echo "make bench        benchmarks (make bench-quick: a smaller run)"
 	@echo "make preflight    check the current kubectl context (and AWS) before installing"
@@ -35,6 +36,9 @@ k8s-binaries:
 	@bash testbed/k8s/build.sh >/dev/null
 	@bash testbed/k8s/build-provisioner.sh >/dev/null
 
+helm-binary:
+	@bash testbed/helm/build.sh >/dev/null
+
 images: venv debian-packages
 	$(PY) -m testbed.images >/dev/null
 
@@ -51,15 +55,15 @@ lint: venv
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-integration: venv debian-packages k8s-binaries
+integration: venv debian-packages k8s-binaries helm-binary
 	$(PY) -m pytest -q tests/integration
 
 # Real pods on a real kubelet (root): tests/node and the demo.
-node: venv debian-packages k8s-binaries images
+node: venv debian-packages k8s-binaries helm-binary images
 	$(PY) -m pytest -q -m node tests
 
 # pytest exits 5 when it collects no test; make treats any non-zero exit as failure.
-test: venv debian-packages k8s-binaries images lint
+test: venv debian-packages k8s-binaries helm-binary images lint
 	$(PY) -m pytest -q tests
 
 cluster: venv debian-packages k8s-binaries images

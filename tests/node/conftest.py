@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,19 @@ from testbed.node_app import Product, Sources, WebApp, node_release
 pytestmark = pytest.mark.node
 
 RELEASES = ("v1", "v2", "v3", "v4")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The chart's test (fixture `helm_release`) installs what cfo-admin's install (the session's
+    `product`) also names: it runs before every other real-node test, which it leaves a clean
+    node. Only the real-node tests move; the rest of the session keeps its order."""
+    here = Path(__file__).parent
+    chart = [item for item in items if "helm_release" in getattr(item, "fixturenames", ())]
+    if not chart:
+        return
+    rest = [item for item in items if item not in chart]
+    first = next((i for i, item in enumerate(rest) if item.path.parent == here), len(rest))
+    items[:] = rest[:first] + chart + rest[first:]
 
 
 @pytest.fixture(scope="session")
