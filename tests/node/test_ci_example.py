@@ -31,13 +31,18 @@ def app_directory(root: Path, release: str, broken: bool = False) -> Path:
     return root
 
 
-def pipeline(app: WebApp, sources: Sources, directory: Path, release: str) -> subprocess.CompletedProcess[str]:
-    """The job's environment: a kubeconfig, S3 credentials and endpoint, kubectl and the plugin on PATH."""
-    env = {**app.node.env(), **sources.moto.env, "CFO_DEPLOYMENT": app.name, "CFO_NAMESPACE": app.namespace,
-           "CFO_SOURCE": sources.s3_at(app.namespace), "CFO_RELEASE": release, "CFO_APP_DIR": str(directory),
-           "CFO_TIMEOUT": "240"}
+def job_env(app: WebApp, sources: Sources, **variables: str) -> dict[str, str]:
+    """A CI job's environment: a kubeconfig, S3 credentials and endpoint, kubectl and the plugin on PATH."""
+    env = {**app.node.env(), **sources.moto.env, **variables}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), str(app.node.control.kubectl_path.parent),
                                    env.get("PATH", "/usr/bin:/bin")])
+    return env
+
+
+def pipeline(app: WebApp, sources: Sources, directory: Path, release: str) -> subprocess.CompletedProcess[str]:
+    env = job_env(app, sources, CFO_DEPLOYMENT=app.name, CFO_NAMESPACE=app.namespace,
+                  CFO_SOURCE=sources.s3_at(app.namespace), CFO_RELEASE=release, CFO_APP_DIR=str(directory),
+                  CFO_TIMEOUT="240")
     return subprocess.run(["sh", str(EXAMPLES / "release.sh")], capture_output=True, text=True, env=env,
                           timeout=400, check=False)
 
@@ -80,7 +85,8 @@ def test_publish_and_release_from_a_pipeline(app: WebApp, sources: Sources, tmp_
     assert "RolledBack" in broken.stderr or "Failed" in broken.stderr
     assert {app.agent_status(p)["release"] for p in app.pods()} == {"c2"}
 
-    listed = app.cfo("releases", app.name)
+    listed = subprocess.run(["kubectl", "cfo", "releases", app.name, "-n", app.namespace], capture_output=True,
+                            text=True, env=job_env(app, sources), timeout=60, check=False)
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
     assert set(rows) == {"c1", "c2", "c3"}
