@@ -27,20 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from customer_friendly.contract.archive import (
-    DEFAULT_LIMITS,
-    DIR_MODE,
-    DIRECTORY,
-    EXEC_MODE,
-    FILE_MODE,
-    OTHER,
-    REGULAR,
-    SYMLINK,
-    Limits,
-    Member,
-    UnsafeArchive,
-    check_members,
-)
+from customer_friendly.contract import archive as checks
 
 IGNORE_FILE = ".cfoignore"
 DEFAULT_IGNORE = (".git", "node_modules", "/log/*", "/tmp/*")
@@ -113,18 +100,19 @@ class Entry:
     executable: bool = False
     linkname: str = ""
 
-    def member(self) -> Member:
-        return Member(self.path, self.kind, self.size, self.linkname, EXEC_MODE if self.executable else FILE_MODE)
+    def member(self) -> checks.Member:
+        mode = checks.EXEC_MODE if self.executable else checks.FILE_MODE
+        return checks.Member(self.path, self.kind, self.size, self.linkname, mode)
 
 
 def _entry(path: str, source: Path, info: os.stat_result) -> Entry:
     if stat.S_ISLNK(info.st_mode):
-        return Entry(path, SYMLINK, source, linkname=os.readlink(source))
+        return Entry(path, checks.SYMLINK, source, linkname=os.readlink(source))
     if stat.S_ISDIR(info.st_mode):
-        return Entry(path, DIRECTORY, source)
+        return Entry(path, checks.DIRECTORY, source)
     if stat.S_ISREG(info.st_mode):
-        return Entry(path, REGULAR, source, info.st_size, bool(info.st_mode & 0o111))
-    return Entry(path, OTHER, source)  # a socket, FIFO or device: the checks say so
+        return Entry(path, checks.REGULAR, source, info.st_size, bool(info.st_mode & 0o111))
+    return Entry(path, checks.OTHER, source)  # a socket, FIFO or device: the checks say so
 
 
 def collect(root: Path, rules: list[IgnoreRule]) -> list[Entry]:
@@ -155,13 +143,13 @@ def collect(root: Path, rules: list[IgnoreRule]) -> list[Entry]:
 def _tarinfo(entry: Entry, mtime: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(entry.path)
     info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
-    if entry.kind == DIRECTORY:
-        info.type, info.mode = tarfile.DIRTYPE, DIR_MODE
-    elif entry.kind == SYMLINK:
+    if entry.kind == checks.DIRECTORY:
+        info.type, info.mode = tarfile.DIRTYPE, checks.DIR_MODE
+    elif entry.kind == checks.SYMLINK:
         info.type, info.mode, info.linkname = tarfile.SYMTYPE, 0o777, entry.linkname
     else:
         info.type, info.size = tarfile.REGTYPE, entry.size
-        info.mode = EXEC_MODE if entry.executable else FILE_MODE
+        info.mode = checks.EXEC_MODE if entry.executable else checks.FILE_MODE
     return info
 
 
@@ -171,7 +159,7 @@ def write_archive(entries: Iterable[Entry], out: BinaryIO, mtime: int) -> None:
             tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
             info = _tarinfo(entry, mtime)
-            if entry.kind != REGULAR:
+            if entry.kind != checks.REGULAR:
                 tar.addfile(info)
                 continue
             with entry.source.open("rb") as data:
@@ -212,7 +200,7 @@ def ignore_rules(root: Path) -> list[IgnoreRule]:
     return rules
 
 
-def pack(root: Path, archive: Path, *, mtime: int | None = None, limits: Limits = DEFAULT_LIMITS,
+def pack(root: Path, archive: Path, *, mtime: int | None = None, limits: checks.Limits = checks.DEFAULT_LIMITS,
          on_progress: Callable[[str], None] | None = None) -> Packed:
     """Pack `root` into `archive` after the agent's own member checks (so what publishes,
     installs); PackError names the first path the agent would refuse."""
@@ -220,8 +208,8 @@ def pack(root: Path, archive: Path, *, mtime: int | None = None, limits: Limits 
     if not entries:
         raise PackError(f"{root} has nothing to release (empty, or every path is ignored)")
     try:
-        check_members([e.member() for e in entries], limits)
-    except UnsafeArchive as err:
+        checks.check_members([e.member() for e in entries], limits)
+    except checks.UnsafeArchive as err:
         raise PackError(f"the agent would refuse this release: {err}") from err
     if on_progress:
         on_progress(f"packing {len(entries)} entries from {root}")
@@ -231,6 +219,6 @@ def pack(root: Path, archive: Path, *, mtime: int | None = None, limits: Limits 
     with archive.open("rb") as data:
         for chunk in iter(lambda: data.read(_CHUNK), b""):
             digest.update(chunk)
-    regular = [e for e in entries if e.kind == REGULAR]
+    regular = [e for e in entries if e.kind == checks.REGULAR]
     return Packed(archive, digest.hexdigest(), archive.stat().st_size, len(regular), sum(e.size for e in regular))
 

@@ -24,6 +24,9 @@ MULTIPART_BYTES = 8 * 1024**2
 MAX_TEXT_BYTES = 4096
 _CHUNK = 1 << 20
 
+_RAISE = object()
+"""S3Store._call's default: a missing object is an error too."""
+
 Progress = Callable[[int], None]
 """Called with the bytes sent since the last call."""
 
@@ -148,40 +151,31 @@ class S3Store:
         parts = urllib.parse.urlsplit(url)
         return parts.netloc, parts.path.lstrip("/")  # as the agent reads it: the key as written
 
-    def _error(self, url: str, err: Exception) -> StoreError:
-        code = getattr(err, "response", {}).get("Error", {}).get("Code", "")
-        return StoreError(f"{url}: S3 {code or type(err).__name__}: {err}")
-
     @staticmethod
-    def _missing(err: Exception) -> bool:
-        return getattr(err, "response", {}).get("Error", {}).get("Code", "") in ("404", "NoSuchKey", "NotFound")
+    def _call(url: str, call: Callable[[], Any], missing: Any = _RAISE) -> Any:
+        """`call()`'s answer; `missing` when S3 says there is no such object (unless _RAISE);
+        every other failure a StoreError naming `url`."""
+        import boto3.exceptions
+        import botocore.exceptions
+
+        try:
+            return call()
+        except botocore.exceptions.ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            if missing is not _RAISE and code in ("404", "NoSuchKey", "NotFound"):
+                return missing
+            raise StoreError(f"{url}: S3 {code or type(err).__name__}: {err}") from err
+        except (botocore.exceptions.BotoCoreError, boto3.exceptions.S3UploadFailedError) as err:
+            raise StoreError(f"{url}: S3 {type(err).__name__}: {err}") from err
 
     def exists(self, url: str) -> bool:
-        import botocore.exceptions
-
         bucket, key = self._where(url)
-        try:
-            self.client.head_object(Bucket=bucket, Key=key)
-            return True
-        except botocore.exceptions.ClientError as err:
-            if self._missing(err):
-                return False
-            raise self._error(url, err) from err
-        except botocore.exceptions.BotoCoreError as err:
-            raise self._error(url, err) from err
+        return self._call(url, lambda: self.client.head_object(Bucket=bucket, Key=key), missing=None) is not None
 
     def _body(self, url: str, **extra: Any) -> Any:
-        import botocore.exceptions
-
         bucket, key = self._where(url)
-        try:
-            return self.client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
-        except botocore.exceptions.ClientError as err:
-            if self._missing(err):
-                return None
-            raise self._error(url, err) from err
-        except botocore.exceptions.BotoCoreError as err:
-            raise self._error(url, err) from err
+        answer = self._call(url, lambda: self.client.get_object(Bucket=bucket, Key=key, **extra), missing=None)
+        return None if answer is None else answer["Body"]
 
     def read_text(self, url: str) -> str | None:
         body = self._body(url, Range=f"bytes=0-{MAX_TEXT_BYTES - 1}")
@@ -195,37 +189,25 @@ class S3Store:
 
     def put_file(self, url: str, path: Path, progress: Progress | None = None) -> None:
         import boto3.s3.transfer
-        import botocore.exceptions
 
         bucket, key = self._where(url)
         config = boto3.s3.transfer.TransferConfig(multipart_threshold=MULTIPART_BYTES,
                                                   multipart_chunksize=MULTIPART_BYTES)
-        try:
-            self.client.upload_file(str(path), bucket, key, Config=config, Callback=progress,
-                                    ExtraArgs={"ContentType": "application/gzip"})
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError,
-                boto3.exceptions.S3UploadFailedError) as err:
-            raise self._error(url, err) from err
+        self._call(url, lambda: self.client.upload_file(str(path), bucket, key, Config=config, Callback=progress,
+                                                        ExtraArgs={"ContentType": "application/gzip"}))
 
     def put_text(self, url: str, text: str) -> None:
-        import botocore.exceptions
-
         bucket, key = self._where(url)
-        try:
-            self.client.put_object(Bucket=bucket, Key=key, Body=text.encode(), ContentType="text/plain")
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as err:
-            raise self._error(url, err) from err
+        self._call(url, lambda: self.client.put_object(Bucket=bucket, Key=key, Body=text.encode(),
+                                                       ContentType="text/plain"))
 
     def list(self, prefix: str) -> list[Stored]:
-        import botocore.exceptions
-
         bucket, key = self._where(prefix)
-        found = []
-        try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-                for obj in page.get("Contents", []):
-                    found.append(Stored(f"s3://{bucket}/{obj['Key']}", obj["Size"],
-                                        obj["LastModified"].timestamp()))
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as err:
-            raise self._error(prefix, err) from err
+
+        def pages() -> list[Stored]:
+            return [Stored(f"s3://{bucket}/{obj['Key']}", obj["Size"], obj["LastModified"].timestamp())
+                    for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+                    for obj in page.get("Contents", [])]
+
+        found: list[Stored] = self._call(prefix, pages)
         return found

@@ -7,13 +7,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 version=v3.22.0
 client_go=0.37   # k8s.io/client-go in helm's go.mod: its capabilities' default Kubernetes 1.37
-cache=${CFO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/customer-friendly-operator}
+source "$here/../go-build.sh"
 bin="$cache/helm-$version/bin/helm"
-if [ -x "$bin" ]; then echo "$bin"; exit 0; fi
-command -v go >/dev/null || { echo "helm/build.sh: go is not installed; it is needed to build helm" >&2; exit 1; }
-start=$(date +%s)
-echo "helm/build.sh: building helm $version (a few minutes on 2 cores, once)..." >&2
-mkdir -p "$(dirname "$bin")"
+begin_build helm/build.sh "$bin" "helm $version"
 # The same -X stamps as helm's own Makefile: without them `helm version` reports v3.22 and
 # .Capabilities.KubeVersion falls back to 1.20.
 major=$(( ${client_go%%.*} + 1 )); minor=${client_go#*.}
@@ -22,6 +18,4 @@ for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
   flags+=" -X $pkg.k8sVersionMajor=$major -X $pkg.k8sVersionMinor=$minor"
 done
 (cd "$here" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$flags" -o "$bin.tmp" helm.sh/helm/v3/cmd/helm)
-mv "$bin.tmp" "$bin"
-echo "helm/build.sh: built in $(( $(date +%s) - start ))s" >&2
-echo "$bin"
+end_build helm/build.sh "$bin"

@@ -5,12 +5,9 @@
 # A second run builds nothing. Prints the binary's path on stdout.
 set -euo pipefail
 version=v0.0.30
-cache=${CFO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/customer-friendly-operator}
+source "$(cd "$(dirname "$0")" && pwd)/../go-build.sh"
 bin="$cache/local-path-provisioner-$version/bin/local-path-provisioner"
-if [ -x "$bin" ]; then echo "$bin"; exit 0; fi
-command -v go >/dev/null || { echo "build-provisioner.sh: go is not installed" >&2; exit 1; }
-start=$(date +%s)
-echo "build-provisioner.sh: building local-path-provisioner $version (about 2 minutes, once)..." >&2
+begin_build build-provisioner.sh "$bin" "local-path-provisioner $version"
 dir=$(GOFLAGS=-mod=mod go mod download -json "github.com/rancher/local-path-provisioner@$version" \
       | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
 [ -d "$dir" ] || { echo "build-provisioner.sh: go mod download gave no directory" >&2; exit 1; }
@@ -18,8 +15,5 @@ work=$(mktemp -d)
 trap 'chmod -R u+w "$work"; rm -rf "$work"' EXIT
 cp -r "$dir/." "$work/src"
 chmod -R u+w "$work/src"
-mkdir -p "$(dirname "$bin")"
-(cd "$work/src" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$(dirname "$bin")/.tmp" .)
-mv "$(dirname "$bin")/.tmp" "$bin"
-echo "build-provisioner.sh: built in $(( $(date +%s) - start ))s" >&2
-echo "$bin"
+(cd "$work/src" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$bin.tmp" .)
+end_build build-provisioner.sh "$bin"
