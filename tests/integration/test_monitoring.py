@@ -21,7 +21,7 @@ from customer_friendly import contract as c
 from testbed.controlplane import ROOT, ControlPlane, binaries, free_port, terminate, wait_ready
 from testbed.webhook import WebhookServer
 from tests.integration.conftest import Kube
-from tests.monitoring import alerts, exported_names, unknown, used_exprs
+from tests.monitoring import DASHBOARD, alerts, exported_names, unknown, used_exprs
 
 pytestmark = pytest.mark.integration
 
@@ -121,6 +121,6 @@ def test_the_install_with_monitoring_renders_with_kubectl_kustomize() -> None:
     # The dashboard ConfigMap is the one file, for Grafana's sidecar; the rules are the file's.
     dashboard = by_kind[("ConfigMap", "customer-friendly-dashboard")]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert dashboard["data"]["grafana-dashboard.json"] == (ROOT / "manifests/monitoring/grafana-dashboard.json").read_text()
+    assert dashboard["data"]["grafana-dashboard.json"] == DASHBOARD.read_text()
     rendered = by_kind[("PrometheusRule", "customer-friendly-operator")]
     assert [r["alert"] for g in rendered["spec"]["groups"] for r in g["rules"]] == [a["alert"] for a in alerts()]

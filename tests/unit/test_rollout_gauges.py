@@ -19,20 +19,23 @@ def deployment(name: str, rollout: Rollout | None, namespace: str = "shop", enab
     return {"metadata": {"name": name, "namespace": namespace, "annotations": notes}}
 
 
+START = 1_700_000_000.0
+
+
 def record(phase: str, **fields) -> Rollout:
-    return Rollout(release="v42", previous="v41", phase=phase, started_at=1_700_000_000.0, **fields)
+    return Rollout(release="v42", previous="v41", phase=phase, started_at=START, **fields)
 
 
 @pytest.mark.parametrize(("rollout", "expected"), [
-    (record("Progressing", batch=("web-1",)), RolloutSeries("shop", "web", "Progressing", 1_700_000_000.0, True, False)),
-    (record("Progressing"), RolloutSeries("shop", "web", "Progressing", 1_700_000_000.0, True, False)),
-    (record("Paused"), RolloutSeries("shop", "web", "Paused", 1_700_000_000.0, True, False)),
+    (record("Progressing", batch=("web-1",)), RolloutSeries("shop", "web", "Progressing", START, True, False)),
+    (record("Progressing"), RolloutSeries("shop", "web", "Progressing", START, True, False)),
+    (record("Paused"), RolloutSeries("shop", "web", "Paused", START, True, False)),
     # Failed with the rollback still running is in progress, not failed yet.
-    (record("Failed", rolling_back=True), RolloutSeries("shop", "web", "Failed", 1_700_000_000.0, True, False)),
-    (record("Failed"), RolloutSeries("shop", "web", "Failed", 1_700_000_000.0, False, True)),
-    (record("RolledBack"), RolloutSeries("shop", "web", "RolledBack", 1_700_000_000.0, False, True)),
+    (record("Failed", rolling_back=True), RolloutSeries("shop", "web", "Failed", START, True, False)),
+    (record("Failed"), RolloutSeries("shop", "web", "Failed", START, False, True)),
+    (record("RolledBack"), RolloutSeries("shop", "web", "RolledBack", START, False, True)),
     # A final phase with a batch still in flight has not ended.
-    (record("Complete", batch=("web-1",)), RolloutSeries("shop", "web", "Complete", 1_700_000_000.0, True, False)),
+    (record("Complete", batch=("web-1",)), RolloutSeries("shop", "web", "Complete", START, True, False)),
     (record("Complete"), None),
     (None, None),
 ])
