@@ -78,6 +78,10 @@ class Store:
     def get(self, key: Key) -> Obj | None:
         return self._items.get(key)
 
+    def all(self) -> list[Obj]:
+        with self._lock:
+            return list(self._items.values())
+
     def in_namespace(self, namespace: str) -> list[Obj]:
         with self._lock:
             return [self._items[k] for k in self._by_namespace.get(namespace, ())]

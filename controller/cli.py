@@ -8,7 +8,7 @@ import signal
 import sys
 
 from kubernetes import client, config
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from customer_friendly import contract as c
 from customer_friendly.contract.config import add_arguments
@@ -17,6 +17,7 @@ from customer_friendly.controller.agents import AgentClient
 from customer_friendly.controller.cache import CachedKube, ClusterCache
 from customer_friendly.controller.config import SETTINGS, ControllerConfig
 from customer_friendly.controller.loop import Controller, Lease
+from customer_friendly.controller.metrics import RolloutGauges
 from customer_friendly.controller.reconcile import Reconciler
 
 
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_bind)
     cache = ClusterCache(api)
+    REGISTRY.register(RolloutGauges(cache.deployments.all))
     reconciler = Reconciler(CachedKube(api, cache), AgentClient(settings.cert, settings.key),
                             PolicySource(settings.policy_path), settings)
     lease = Lease(client.CoordinationV1Api(api), settings.namespace, "customer-friendly-controller",

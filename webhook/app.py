@@ -35,7 +35,14 @@ def create_app(config: WebhookConfig | None = None) -> Flask:
     policy_invalid = Gauge("cfo_webhook_policy_invalid",
                            "1 while the policy file is invalid and the last good policy is in force",
                            registry=registry)
-    policy_invalid.set_function(lambda: 1.0 if policy.last_error else 0.0)
+
+    def invalid() -> float:
+        # The file is re-read when a review asks for the policy; a scrape asks too, so an invalid
+        # edit shows up even while no Deployment is being applied.
+        policy.current()
+        return 1.0 if policy.last_error else 0.0
+
+    policy_invalid.set_function(invalid)
 
     @app.post("/mutate")
     def mutate() -> tuple[Response, int]:

@@ -76,3 +76,15 @@ def test_metrics_count_reviews_by_outcome() -> None:
     assert 'cfo_webhook_admission_reviews_total{outcome="mutated"} 1.0' in text
     assert 'cfo_webhook_admission_reviews_total{outcome="bad_request"} 1.0' in text
     assert "cfo_webhook_policy_invalid 0.0" in text
+
+
+def test_an_invalid_policy_edit_shows_on_metrics_without_any_review(tmp_path: Path) -> None:
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "preStopSeconds").write_text("15")
+    client = create_app(WebhookConfig(policy_path=policy, policy_check_seconds=0)).test_client()
+    assert "cfo_webhook_policy_invalid 0.0" in client.get("/metrics").get_data(as_text=True)
+    (policy / "preStopSeconds").write_text("soon")
+    assert "cfo_webhook_policy_invalid 1.0" in client.get("/metrics").get_data(as_text=True)
+    (policy / "preStopSeconds").write_text("20")
+    assert "cfo_webhook_policy_invalid 0.0" in client.get("/metrics").get_data(as_text=True)
