@@ -27,7 +27,7 @@ from customer_friendly.certs.cli import leaf_specs
 from customer_friendly.certs.identity import client_refusal
 from customer_friendly.certs.names import CONTROLLER_CN
 from customer_friendly.certs.store import CA, secret_name
-from testbed.chart import CHART, Helm, by_key, helm_binary, objects, without_labels
+from testbed.chart import CHART, Helm, by_key, helm_binary, without_labels
 from testbed.controlplane import ROOT, binaries
 
 pytestmark = pytest.mark.integration
@@ -172,26 +172,37 @@ def test_an_unknown_policy_key_fails_the_render(helm: Helm) -> None:
     assert "policy.preStopSecond: not a key of the policy" in result.stderr
 
 
-def monitoring_objects() -> list[dict[str, Any]]:
-    """What manifests/monitoring holds of the two kinds the chart renders from it."""
-    found = [obj for path in sorted((MANIFESTS / "monitoring").glob("*.yaml")) for obj in objects(path.read_text())]
-    return [obj for obj in found if obj["kind"] in ("ServiceMonitor", "PrometheusRule")]
+MONITORING_VALUES = {"serviceMonitor": ("ServiceMonitor", "PodMonitor"), "prometheusRule": ("PrometheusRule",),
+                     "grafanaDashboard": ("ConfigMap",)}
+"""Each `monitoring.*` value, and the kinds of manifests/monitoring it renders."""
 
 
-@pytest.mark.parametrize("service_monitor, prometheus_rule", [(True, False), (False, True), (True, True)])
-def test_monitoring_renders_the_files_of_manifests_monitoring(helm: Helm, service_monitor: bool,
-                                                              prometheus_rule: bool) -> None:
-    chart = helm.template(NS, "--set", f"monitoring.serviceMonitor.enabled={str(service_monitor).lower()}",
-                          "--set", f"monitoring.prometheusRule.enabled={str(prometheus_rule).lower()}")
-    wanted = {kind for kind, on in (("ServiceMonitor", service_monitor), ("PrometheusRule", prometheus_rule)) if on}
-    expected = [obj | {"metadata": obj["metadata"] | {"namespace": NS}}
-                for obj in monitoring_objects() if obj["kind"] in wanted]
-    assert {obj["kind"] for obj in expected} == wanted
-    assert_same_objects([obj for obj in chart if obj["kind"] in wanted], expected, set(), set())
+@pytest.mark.parametrize("value", [*MONITORING_VALUES, "all"])
+def test_monitoring_renders_what_kustomize_renders_of_manifests_monitoring(helm: Helm, value: str) -> None:
+    on = set(MONITORING_VALUES) if value == "all" else {value}
+    chart = helm.template(NS, *[arg for name in on for arg in ("--set", f"monitoring.{name}.enabled=true")])
+    wanted = {kind for name in on for kind in MONITORING_VALUES[name]}
+    kustomized = [obj for obj in kustomize(MANIFESTS / "monitoring") if obj["kind"] in wanted]
+    assert {obj["kind"] for obj in kustomized} == wanted
+    base = {(obj["kind"], obj["metadata"]["name"]) for obj in helm.template(NS)}
+    assert_same_objects([obj for obj in chart if (obj["kind"], obj["metadata"]["name"]) not in base],
+                        kustomized, set(), set())
+
+
+def test_monitoring_labels_reach_every_monitoring_object(helm: Helm) -> None:
+    chart = helm.template(NS, "--set", "monitoring.labels.release=kube-prometheus-stack",
+                          *[arg for name in MONITORING_VALUES for arg in ("--set", f"monitoring.{name}.enabled=true")])
+    ours = [obj for obj in chart if obj["kind"] in {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+            or obj["metadata"]["name"] == "customer-friendly-dashboard"]
+    assert len(ours) == 4
+    assert all(obj["metadata"]["labels"]["release"] == "kube-prometheus-stack" for obj in ours)
+    assert not [obj for obj in chart if obj not in ours and "release" in obj["metadata"].get("labels", {})]
 
 
 def test_monitoring_is_off_by_default(helm: Helm) -> None:
-    assert not {obj["kind"] for obj in helm.template(NS)} & {"ServiceMonitor", "PrometheusRule"}
+    kinds = {obj["kind"] for obj in helm.template(NS)}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    assert "customer-friendly-dashboard" not in {obj["metadata"]["name"] for obj in helm.template(NS)}
 
 
 @pytest.fixture(scope="module")
