@@ -119,6 +119,7 @@ class Agent:
         self._status = AgentStatus()
         self._thread: threading.Thread | None = None
         self._asked: dict[str, int] = {}
+        self._signalled: dict[str, int] = {}
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -134,8 +135,17 @@ class Agent:
                        previous=previous_release(self.layout))
 
     def status(self) -> dict[str, Any]:
-        """`report()` in its JSON form."""
-        return self.report().to_json()
+        """`report()` in its JSON form, with `signalled`: how many restarts this agent started onto
+        each release (a bring-back after a failure counts for the old release). With `asked`, it
+        lets a test check that no pod was ever signalled twice for one release."""
+        with self._lock:
+            signalled = dict(self._signalled)
+        return {**self.report().to_json(), "signalled": signalled}
+
+    def _count_signal(self, release: str | None) -> None:
+        if release is not None:
+            with self._lock:
+                self._signalled[release] = self._signalled.get(release, 0) + 1
 
     def running(self) -> bool:
         with self._lock:
@@ -284,6 +294,7 @@ class Agent:
             with self._lock:
                 self._status = replace(self._status, note=text, steps=(*self._status.steps, text))
 
+        self._count_signal(request.release)
         if request.options.restart == "drain":
             worker.drain(target, request.options.quiet_signal, request.options.drain_seconds, deadline, progress)
         else:
@@ -334,6 +345,7 @@ class Agent:
         stats_before = self._stats()
         ticks = puma.boot_ticks_now()
         puma.send(view, mode)
+        self._count_signal(release)
         if attempt is not None:
             attempt.signalled = True
         if surge:

@@ -118,11 +118,13 @@ def test_a_process_that_dies_of_the_signal_leaves_current_and_previous_as_they_w
     assert links(layout) == before and (status["release"], status["previous"]) == ("v1", "v0")
     assert (status["reverted"], status["puma_restored"]) == (True, False)
     assert "Puma (pid" in status["error"] and "is gone" in status["error"]
+    assert status["signalled"] == {"v2": 1}  # the master died of it: there was nothing to bring back
     # Puma did not come back: asking for v1 again is real work, not a no-op (here it finds no Puma).
     assert agent.start(ReleaseRequest("v1", source, RestartOptions(restart="hot", deadline_seconds=5))) is True
     agent.wait(30)
     again = agent.status()
     assert again["state"] == "failed" and "Puma master not found" in again["error"] and links(layout) == before
+    assert again["signalled"] == {"v2": 1} and again["asked"] == {"v2": 1, "v1": 1}
 
 
 def system_python() -> str | None:
@@ -306,7 +308,10 @@ def test_a_release_that_cannot_boot_fails_on_its_crash_loop_and_puma_is_restarte
     assert status["puma"]["workers"] == 2 and status["puma"]["bootFailures"] == 0  # the revert's restart
     # The controller's rollback to v1: nothing to do.
     assert agent.start(ReleaseRequest("v1", source, RestartOptions(restart=mode))) is False
-    assert agent.status()["state"] == "done"
+    done = agent.status()
+    assert done["state"] == "done"
+    # One restart onto broken, one back onto v1 (the agent's own revert); the rollback signalled nothing.
+    assert done["signalled"] == {"broken": 1, "v1": 1} and done["asked"] == {"broken": 1, "v1": 1}
 
 
 def test_when_the_old_release_crash_loops_too_the_wait_for_it_stops_and_says_so(
