@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from customer_friendly.agent import health, puma, worker
+from customer_friendly.agent import health, journal, puma, worker
 from customer_friendly.agent.config import AgentConfig
 from customer_friendly.agent.release import (
     Layout,
@@ -190,6 +190,67 @@ class Agent:
         self._thread.start()
         return previous
 
+    def resume(self) -> bool:
+        """At start: finish the restart that this agent's previous process signalled and did not
+        see to its end (journal.py). True when it is being finished; the status says restarting
+        to that release until then, so the controller waits instead of counting the pod done."""
+        record = journal.read(self.layout.root)
+        if record is None:
+            return False
+        view = puma.find_puma(puma.read_processes(), record.master_pid)
+        if (view is None or view.master.start_ticks != record.master_ticks
+                or current_release(self.layout) != record.release):
+            # Puma was started again since (on `current`, with its own worker count), or the links
+            # were put back: nothing of that restart is left to finish.
+            journal.remove(self.layout.root)
+            return False
+        logger.info("finishing the %s restart to %s that the agent's previous process signalled", record.mode,
+                    record.release)
+        with self._lock:
+            self._status = AgentStatus(state=RESTARTING, target=record.release, restart=record.mode,
+                                       started_at=time.time(),
+                                       note="finishing the restart that the agent's previous process signalled")
+        self._thread = threading.Thread(target=self._finish, args=(record,), name="cfo-resume", daemon=True)
+        self._thread.start()
+        return True
+
+    def _finish(self, record: journal.Restart) -> None:
+        deadline = time.monotonic() + max(record.deadline_at - time.time(), 5.0)
+        try:
+            latest = self._wait_restarted(record, deadline)
+            if record.surge and len(latest.workers) > record.expected:
+                self._end_surge(latest, record.expected, deadline)
+            if self.config.health_url:
+                health.wait_until_healthy(self.config.health_url, deadline)
+            self._update(state=DONE, finished_at=time.time())
+            logger.info("release %s served by every worker (restart finished after an agent restart)",
+                        record.release)
+        except (puma.PumaError, OSError, ValueError) as err:
+            logger.warning("the restart to %s did not finish: %s", record.release, err)
+            self._update(state=FAILED, error=f"the {record.mode} restart to {record.release} that the agent's "
+                                             f"previous process signalled did not finish: {err}",
+                         finished_at=time.time())
+        finally:
+            journal.remove(self.layout.root)
+
+    def _wait_restarted(self, record: journal.Restart, deadline: float) -> puma.PumaView:
+        """Until every worker is new and the same processes for STEADY_SECONDS, with the surge
+        worker (before its TTOU) or without it (the TTOU was sent before the agent died)."""
+        sizes = {record.expected + 1 if record.surge else record.expected, record.expected}
+        steady: tuple[frozenset[int], float] = (frozenset(), time.monotonic())
+        while time.monotonic() < deadline:
+            latest = puma.find_puma(puma.read_processes(), record.master_pid)
+            if latest is None:
+                raise puma.PumaError(f"Puma (pid {record.master_pid}) exited during the {record.mode} restart")
+            pids = frozenset(w.pid for w in latest.workers)
+            if pids != steady[0]:
+                steady = (pids, time.monotonic())
+            if (len(pids) in sizes and puma.restarted_since(latest, record.signal_ticks, len(pids))
+                    and time.monotonic() - steady[1] >= STEADY_SECONDS):
+                return latest
+            time.sleep(0.2)
+        raise puma.PumaError("not done by its deadline")
+
     def wait(self, timeout: float | None = None) -> None:
         if self._thread:
             self._thread.join(timeout)
@@ -234,6 +295,8 @@ class Agent:
         except Exception as err:  # never leave the state machine stuck in a running state
             logger.exception("release %s failed unexpectedly", request.release)
             self._fail(f"internal error: {err}", attempt, deadline)
+        finally:
+            journal.remove(self.layout.root)
 
     def _switch(self, release: str, attempt: Attempt) -> None:
         attempt.before = links(self.layout)
@@ -344,12 +407,9 @@ class Agent:
                           attempt: Attempt | None, release: str | None, surge: bool) -> None:
         stats_before = self._stats()
         ticks = puma.boot_ticks_now()
-        puma.send(view, mode)
-        self._count_signal(release)
-        if attempt is not None:
-            attempt.signalled = True
-        if surge:
-            puma.signal_master(view, puma.SURGE_UP)
+        self._send(view, mode, attempt, release, surge, journal.Restart(
+            release or "", mode, view.master.pid, view.master.start_ticks, ticks, expected, surge,
+            time.time() + deadline_seconds))
         watched = expected + 1 if surge else expected
         # Taken after the signal: a worker Puma forks before it handles the signal (on a revert,
         # one more of the crash loop being left) is then not taken for one of this restart's.
@@ -385,6 +445,19 @@ class Agent:
                 with contextlib.suppress(puma.PumaError):
                     puma.signal_master(view, puma.SURGE_DOWN)
             raise
+
+    def _send(self, view: puma.PumaView, mode: str, attempt: Attempt | None, release: str | None, surge: bool,
+              record: journal.Restart) -> None:
+        """The restart's signal (and TTIN for a surge), counted; a forward restart is journaled
+        just after, so that a restarted agent finishes it (journal.py)."""
+        puma.send(view, mode)
+        self._count_signal(release)
+        if attempt is not None:
+            attempt.signalled = True
+        if surge:
+            puma.signal_master(view, puma.SURGE_UP)
+        if attempt is not None and release is not None:
+            journal.write(self.layout.root, record)
 
     def _end_surge(self, view: puma.PumaView, expected: int, deadline: float) -> None:
         """TTOU, then wait until Puma is back to `expected` booted workers (it culls the youngest)."""

@@ -485,6 +485,8 @@ class ChaosRun:
             "trials": [{"seed": s.seed, "fault": s.fault, "variant": s.variant, "releases": list(s.releases),
                         "phase": s.rollout.get("phase"), "settle_seconds": s.settle_seconds, "requests": s.requests,
                         "failed_requests": len(s.failures), "violations": v, "replay": replay_command(s),
+                        **({"endpoint_left_after_kill_seconds": round(s.puma_kill.left_at - s.puma_kill.killed_at, 2)}
+                           if s.puma_kill and s.puma_kill.left_at else {}),
                         **({"seen": s.to_json()} if v else {})} for s, v in self.results],
         }
 

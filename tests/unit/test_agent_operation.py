@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from customer_friendly.agent import journal
 from customer_friendly.agent.config import AgentConfig
 from customer_friendly.agent.operation import Agent, settled
 from customer_friendly.agent.puma import parse_status_uids, signal_refused_message
@@ -338,3 +340,57 @@ def test_the_boot_failures_setting_comes_from_the_environment() -> None:
     assert AgentConfig.from_env(env={}).boot_failures == 3
     assert AgentConfig.from_env(env={"CFO_BOOT_FAILURES": "5"}).boot_failures == 5
     assert AgentConfig.from_env(env={"CFO_BOOT_FAILURES": "0"}).boot_failures == 0  # only the deadline
+
+
+# --- a restart whose agent was killed, finished by the agent's next process ---------------------
+
+def journaled_restart(layout: Layout, source: str, pidfile: Path, master_ticks_offset: int = 0) -> journal.Restart:
+    """What a killed agent leaves: v2 current, Puma sent USR1, the journal written."""
+    from customer_friendly.agent import puma
+
+    install(layout, "v2", source)
+    switch(layout, "v2")
+    master = int(pidfile.read_text())
+    view = puma.find_puma(puma.read_processes(), master)
+    assert view is not None
+    ticks = puma.boot_ticks_now()
+    os.kill(master, signal.SIGUSR1)
+    record = journal.Restart("v2", "phased", master, view.master.start_ticks + master_ticks_offset, ticks, 2, False,
+                             time.time() + 60)
+    journal.write(layout.root, record)
+    return record
+
+
+def test_a_restarted_agent_finishes_the_restart_its_previous_process_signalled(
+        fake_puma: tuple[Layout, str, Path]) -> None:
+    from customer_friendly.agent import puma
+
+    layout, source, pidfile = fake_puma
+    record = journaled_restart(layout, source, pidfile)
+    agent = boot_agent(layout, pidfile)  # a new process: nothing in memory
+    assert agent.resume() is True
+    first = agent.status()
+    assert (first["state"], first["target"], first["release"]) == ("restarting", "v2", "v2")
+    agent.wait(60)
+    status = agent.status()
+    assert status["state"] == "done", status
+    view = puma.find_puma(puma.read_processes(), record.master_pid)
+    assert view is not None and puma.restarted_since(view, record.signal_ticks, 2)
+    assert journal.read(layout.root) is None
+    # The controller asking again for v2 now finds it done: nothing is signalled twice.
+    assert agent.start(ReleaseRequest("v2", source)) is False and agent.status()["signalled"] == {}
+
+
+def test_a_journal_whose_puma_was_started_again_is_dropped(fake_puma: tuple[Layout, str, Path]) -> None:
+    layout, source, pidfile = fake_puma
+    journaled_restart(layout, source, pidfile, master_ticks_offset=-1)  # another process had that pid
+    agent = boot_agent(layout, pidfile)
+    assert agent.resume() is False
+    assert agent.status()["state"] == "idle" and journal.read(layout.root) is None
+
+
+def test_a_torn_journal_reads_as_none() -> None:
+    record = journal.Restart("v2", "phased", 10, 20, 30, 2, True, 1.5)
+    assert journal.Restart.from_json(record.to_json()) == record
+    assert journal.Restart.from_json(record.to_json()[:20]) is None
+    assert journal.Restart.from_json('{"release": "v2"}') is None
