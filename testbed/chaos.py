@@ -483,7 +483,8 @@ class ChaosRun:
             "controller": controller_summary(self.controller),
             "violations": self.violations(),
             "trials": [{"seed": s.seed, "fault": s.fault, "variant": s.variant, "releases": list(s.releases),
-                        "phase": s.rollout.get("phase"), "settle_seconds": s.settle_seconds, "requests": s.requests,
+                        "phase": s.rollout.get("phase"), "message": s.rollout.get("message"),
+                        "settle_seconds": s.settle_seconds, "requests": s.requests,
                         "failed_requests": len(s.failures), "violations": v, "replay": replay_command(s),
                         **({"endpoint_left_after_kill_seconds": round(s.puma_kill.left_at - s.puma_kill.killed_at, 2)}
                            if s.puma_kill and s.puma_kill.left_at else {}),
@@ -492,12 +493,16 @@ class ChaosRun:
 
 
 def run_trials(app: WebApp, seeds: Iterable[int], fault: str | None = None, rate: float = RATE,
-               log: Callable[[str], None] = print) -> ChaosRun:
-    """Deploy the chaos app, start the load, and run one trial per seed."""
+               log: Callable[[str], None] = print,
+               after_each: Callable[[ChaosRun], None] | None = None) -> ChaosRun:
+    """Deploy the chaos app, start the load, and run one trial per seed (`after_each` is called
+    after every trial: the long profile writes its report each time, so a stopped run keeps it)."""
     run = ChaosRun(app, rate=rate, log=log).start()
     try:
         for seed in seeds:
             run.trial(seed, fault)
+            if after_each is not None:
+                after_each(run)
     finally:
         run.stop()
     return run
@@ -533,13 +538,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             product = Product(node, sources, Path(tmp) / "product").install()
             app = WebApp(node, product, "chaos")
+
+            def write(run: ChaosRun) -> None:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(run.report(args.seed, len(run.results), args.fault), indent=1) + "\n")
+
             run = run_trials(app, range(args.seed, args.seed + args.trials), args.fault, args.rate,
-                             log=lambda line: print(line, flush=True))
+                             log=lambda line: print(line, flush=True), after_each=write)
             report = run.report(args.seed, args.trials, args.fault)
         finally:
             sources.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"\n{args.trials} trials in {report['duration_seconds']:.0f}s (seed {args.seed}); controller: "
           f"{report['controller']}\n\n{format_table(report['table'])}\n\nwritten to {args.out}")
     for violation in report["violations"]:
