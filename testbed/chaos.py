@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,8 +363,11 @@ class ChaosRun:
             replicasets_after=tuple(self.app.replicasets()), replicas=self.app.replicas,
             peak_pods=peaks.peak["pods"], rollout=record, settle_seconds=settle, bound_seconds=BOUND_SECONDS,
             requests=len(samples), failures=tuple(s.sent_at for s in samples if not s.ok),
-            restarted=tuple(trial.restarted), puma_kill=trial.puma_kill, errors=tuple(trial.errors))
+            restarted=tuple(trial.restarted), puma_kill=trial.puma_kill, errors=tuple(trial.errors),
+            failure_kinds=dict(Counter(s.body.split(":")[0] for s in samples if not s.ok)))
         violations = trial_violations(seen)
+        if violations:
+            self.log(f"seed {seed}: the controllers' last lines\n{self.app.controller_log()}")
         self.results.append((seen, violations))
         self._last, self._mark = after, ended
         final = Rollout.from_wire(record)
@@ -525,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1, help="the first trial's seed; trial i has seed + i")
+    parser.add_argument("--seeds", help="these seeds (comma-separated) instead of --seed and --trials")
     parser.add_argument("--fault", choices=FAULTS, help="force one fault (default: each seed's own)")
     parser.add_argument("--rate", type=float, default=RATE)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -543,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(run.report(args.seed, len(run.results), args.fault), indent=1) + "\n")
 
-            run = run_trials(app, range(args.seed, args.seed + args.trials), args.fault, args.rate,
+            seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else range(args.seed, args.seed + args.trials)
+            run = run_trials(app, seeds, args.fault, args.rate,
                              log=lambda line: print(line, flush=True), after_each=write)
             report = run.report(args.seed, args.trials, args.fault)
         finally:

@@ -108,6 +108,8 @@ class TrialSeen:
     puma_kill: PumaKill | None = None
     errors: tuple[str, ...] = ()
     """What went wrong while the trial ran (a command that failed): each one is a violation."""
+    failure_kinds: dict[str, int] = field(default_factory=dict)
+    """How the failed requests failed (the error, or the HTTP status), and how many each."""
 
     def to_json(self) -> dict[str, Any]:
         body = dict(self.__dict__)
@@ -145,8 +147,9 @@ def killed_master_failures(seen: TrialSeen) -> tuple[int, list[str]]:
         if not failures:
             return 0, []
         first = min(failures) - seen.started_at
+        kinds = f": {_kinds(seen.failure_kinds)}" if seen.failure_kinds else ""
         return 0, [f"{len(failures)} of {seen.requests} requests failed (the first sent {first:.1f}s into the "
-                   f"trial); no request may fail unless a Puma master is killed"]
+                   f"trial){kinds}; no request may fail unless a Puma master is killed"]
     if kill.left_at is None:
         return len(failures), [f"the endpoint of {kill.pod} never left the Service after its Puma master was killed"]
     start, end = kill.killed_at - IN_FLIGHT_SECONDS, kill.left_at + PROXY_LAG_SECONDS
@@ -157,6 +160,10 @@ def killed_master_failures(seen: TrialSeen) -> tuple[int, list[str]]:
     offsets = ", ".join(f"{f - kill.killed_at:+.1f}s" for f in sorted(lost)[:5])
     return len(ours), [f"{len(lost)} requests failed outside the killed master's window (sent at {offsets} from the "
                        f"kill; its endpoint left the Service {kill.left_at - kill.killed_at:.1f}s after the kill)"]
+
+
+def _kinds(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda item: -item[1])[:3])
 
 
 def rollout_violations(seen: TrialSeen) -> list[str]:
