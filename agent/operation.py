@@ -63,6 +63,11 @@ up: /proc cannot tell a booted worker from one about to crash, and Puma replaces
 cannot boot with a new pid within seconds."""
 
 
+PUMA_RETURN_SECONDS = 60.0
+"""How long a request after a failure that killed Puma waits for the kubelet to start it again
+(a container's first restart is immediate, the next ones back off 10 s, 20 s, 40 s)."""
+
+
 class Busy(RuntimeError):
     """Another operation is running."""
 
@@ -120,6 +125,9 @@ class Agent:
         self._thread: threading.Thread | None = None
         self._asked: dict[str, int] = {}
         self._signalled: dict[str, int] = {}
+        self._restored_ticks: int | None = None
+        """When `current` was last put back by a failure (boot ticks): a Puma master started after
+        that booted on the restored release."""
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -169,9 +177,12 @@ class Agent:
                                                note=f"release {request.release} is current again after the "
                                                     f"failed release {state.target}: nothing to do")
                 return False
+            lost = state.state == FAILED and state.reverted and state.puma_restored is False
+            recovering = self._restored_ticks if lost and current_release(self.layout) == request.release else None
             self._status = AgentStatus(state=FETCHING, target=request.release, restart=request.options.restart,
                                        started_at=time.time())
-        self._thread = threading.Thread(target=self._run, args=(request,), name="cfo-operation", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(request, False, recovering), name="cfo-operation",
+                                        daemon=True)
         self._thread.start()
         return True
 
@@ -261,7 +272,9 @@ class Agent:
         with self._lock:
             self._status = replace(self._status, **changes)
 
-    def _run(self, request: ReleaseRequest, rollback: bool = False) -> None:
+    def _run(self, request: ReleaseRequest, rollback: bool = False, recovering: int | None = None) -> None:
+        """`recovering`: the request is for the release `current` was put back to (at these boot
+        ticks) by a failure during which Puma died; see `_restart_puma`."""
         attempt = Attempt()
         deadline = request.options.deadline_seconds or self.config.restart_deadline
         started = time.monotonic()
@@ -270,14 +283,7 @@ class Agent:
                 install(self.layout, request.release, request.source, require_sha256=self.config.require_sha256,
                         limits=self.limits)
             if request.options.restart in ("phased", "hot"):
-                view = puma.locate(self.config.puma_pidfile)
-                mode = self._restart_mode(view, request)
-                puma.check_can_signal(view.master.pid, "Puma")
-                self._update(state=RESTARTING, restart=mode)
-                attempt.view, attempt.mode = view, mode
-                attempt.surge = request.options.surge and mode == "phased" and view.mode == "cluster"
-                self._switch(request.release, attempt)
-                self._restart(view, mode, deadline, attempt=attempt, release=request.release, surge=attempt.surge)
+                mode = self._restart_puma(request, deadline, attempt, recovering)
             else:
                 mode = request.options.restart
                 self._restart_process(request, deadline, attempt)
@@ -298,6 +304,41 @@ class Agent:
         finally:
             journal.remove(self.layout.root)
 
+    def _restart_puma(self, request: ReleaseRequest, deadline: float, attempt: Attempt,
+                      recovering: int | None) -> str:
+        """Switch `current` and restart Puma onto it; the restart mode used.
+
+        After a failure during which Puma died (its container killed, say), the kubelet starts a
+        new Puma, which boots on whatever `current` is then. When the controller then asks for the
+        release that `current` was put back to, that Puma may not be up yet: it is waited for
+        (PUMA_RETURN_SECONDS), not reported missing, and when it started after `current` was put
+        back, it already serves the release and nothing is signalled.
+        """
+        view = self._locate(recovering is not None)
+        if recovering is not None and view.master.start_ticks > recovering:
+            self._update(note=f"Puma (pid {view.master.pid}) started after release {request.release} was put back: "
+                              "it serves it, nothing to restart")
+            return request.options.restart
+        mode = self._restart_mode(view, request)
+        puma.check_can_signal(view.master.pid, "Puma")
+        self._update(state=RESTARTING, restart=mode)
+        attempt.view, attempt.mode = view, mode
+        attempt.surge = request.options.surge and mode == "phased" and view.mode == "cluster"
+        self._switch(request.release, attempt)
+        self._restart(view, mode, deadline, attempt=attempt, release=request.release, surge=attempt.surge)
+        return mode
+
+    def _locate(self, wait: bool) -> puma.PumaView:
+        """Puma's master; with `wait`, while its container is being restarted, wait for it."""
+        until = time.monotonic() + (PUMA_RETURN_SECONDS if wait else 0)
+        while True:
+            try:
+                return puma.locate(self.config.puma_pidfile)
+            except puma.PumaError:
+                if time.monotonic() >= until:
+                    raise
+            time.sleep(0.5)
+
     def _switch(self, release: str, attempt: Attempt) -> None:
         attempt.before = links(self.layout)
         switch(self.layout, release)
@@ -311,6 +352,7 @@ class Agent:
             try:
                 restore(self.layout, attempt.before)
                 changes["reverted"] = True
+                self._restored_ticks = puma.boot_ticks_now()
             except OSError as err:
                 logger.error("could not restore current and previous: %s", err)
                 changes["reverted"] = False

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from customer_friendly.agent import journal
+from customer_friendly.agent import journal, operation
 from customer_friendly.agent.config import AgentConfig
 from customer_friendly.agent.operation import Agent, settled
 from customer_friendly.agent.puma import parse_status_uids, signal_refused_message
@@ -107,7 +107,7 @@ def stand_in() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def test_a_process_that_dies_of_the_signal_leaves_current_and_previous_as_they_were(
-        volume: Path, stand_in: subprocess.Popen[bytes]) -> None:
+        volume: Path, stand_in: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
     layout, source = prepared(volume)
     pidfile = volume / "puma.pid"
     pidfile.write_text(str(stand_in.pid))
@@ -121,7 +121,9 @@ def test_a_process_that_dies_of_the_signal_leaves_current_and_previous_as_they_w
     assert (status["reverted"], status["puma_restored"]) == (True, False)
     assert "Puma (pid" in status["error"] and "is gone" in status["error"]
     assert status["signalled"] == {"v2": 1}  # the master died of it: there was nothing to bring back
-    # Puma did not come back: asking for v1 again is real work, not a no-op (here it finds no Puma).
+    # Puma did not come back: asking for v1 again is real work, not a no-op (here it finds no Puma,
+    # once it has waited for one to start again).
+    monkeypatch.setattr(operation, "PUMA_RETURN_SECONDS", 1.0)
     assert agent.start(ReleaseRequest("v1", source, RestartOptions(restart="hot", deadline_seconds=5))) is True
     agent.wait(30)
     again = agent.status()
@@ -394,3 +396,63 @@ def test_a_torn_journal_reads_as_none() -> None:
     assert journal.Restart.from_json(record.to_json()) == record
     assert journal.Restart.from_json(record.to_json()[:20]) is None
     assert journal.Restart.from_json('{"release": "v2"}') is None
+
+
+# --- Puma killed during a restart: the rollback finds the Puma the kubelet started again -------
+
+def start_fake_puma(layout: Layout, pidfile: Path) -> subprocess.Popen[bytes]:
+    """A new stand-in master on whatever `current` is, as the kubelet restarting the container."""
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_PUMA, str(layout.root), "2"], start_new_session=True)
+    pidfile.write_text(str(proc.pid))
+    return proc
+
+
+def test_a_rollback_after_puma_was_killed_mid_restart_waits_for_the_new_puma_and_signals_nothing(
+        fake_puma: tuple[Layout, str, Path]) -> None:
+    layout, source, pidfile = fake_puma
+    agent = boot_agent(layout, pidfile)
+    before = links(layout)
+    assert agent.start(ReleaseRequest("v2", source, RestartOptions(restart="phased"))) is True
+    time.sleep(0.3)
+    os.killpg(int(pidfile.read_text()), signal.SIGKILL)  # the master and its workers, mid restart
+    agent.wait(30)
+    failed = agent.status()
+    assert failed["state"] == "failed" and "exited during the phased restart" in failed["error"], failed
+    assert (failed["reverted"], failed["puma_restored"]) == (True, False) and links(layout) == before
+    # The controller's rollback arrives before the kubelet has started Puma again.
+    assert agent.start(ReleaseRequest("v1", source, RestartOptions(restart="phased"))) is True
+    time.sleep(1.5)
+    assert agent.status()["state"] != "failed"  # waiting for Puma, not "Puma master not found"
+    again = start_fake_puma(layout, pidfile)
+    try:
+        agent.wait(30)
+        status = agent.status()
+        assert status["state"] == "done", status
+        assert f"Puma (pid {again.pid}) started after release v1 was put back" in status["note"]
+        assert status["signalled"] == {"v2": 1} and links(layout) == before
+    finally:
+        os.killpg(again.pid, signal.SIGKILL)
+        again.wait()
+
+
+def test_a_puma_started_before_current_was_put_back_is_restarted_onto_it(
+        fake_puma: tuple[Layout, str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubelet was quicker than the revert: that Puma may have booted on the failed release."""
+    layout, source, pidfile = fake_puma
+    agent = boot_agent(layout, pidfile)
+    assert agent.start(ReleaseRequest("v2", source, RestartOptions(restart="phased"))) is True
+    time.sleep(0.3)
+    os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+    agent.wait(30)
+    monkeypatch.setattr(agent, "_restored_ticks", 10**12)  # as if `current` had been put back after it started
+    again = start_fake_puma(layout, pidfile)
+    try:
+        time.sleep(1.0)  # its workers booted
+        assert agent.start(ReleaseRequest("v1", source, RestartOptions(restart="phased"))) is True
+        agent.wait(60)
+        status = agent.status()
+        assert status["state"] == "done", status
+        assert status["signalled"] == {"v2": 1, "v1": 1}  # restarted onto v1 once
+    finally:
+        os.killpg(again.pid, signal.SIGKILL)
+        again.wait()
