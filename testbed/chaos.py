@@ -551,10 +551,10 @@ def main(argv: list[str] | None = None) -> int:
             seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else range(args.seed, args.seed + args.trials)
             run = run_trials(app, seeds, args.fault, args.rate,
                              log=lambda line: print(line, flush=True), after_each=write)
-            report = run.report(args.seed, args.trials, args.fault)
+            report = run.report(args.seed, len(run.results), args.fault)
         finally:
             sources.stop()
-    print(f"\n{args.trials} trials in {report['duration_seconds']:.0f}s (seed {args.seed}); controller: "
+    print(f"\n{len(report['trials'])} trials in {report['duration_seconds']:.0f}s; controller: "
           f"{report['controller']}\n\n{format_table(report['table'])}\n\nwritten to {args.out}")
     for violation in report["violations"]:
         print(f"VIOLATED {violation}")
