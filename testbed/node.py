@@ -628,7 +628,13 @@ state = "{base / 'state'}"
 
     def stop(self) -> None:
         """Pods first (through the API, so the kubelet runs their preStop and frees their network),
-        then the node's processes, then what they left on the host."""
+        then the node's processes, then what they left on the host.
+
+        Nothing at all when this node never took the lock (it gave up waiting, or was interrupted
+        while it waited): the bridge, chains and cgroups on the host are then another running
+        node's, and removing them would cut that node's pods off the network."""
+        if self.lock_fd is None:
+            return
         with contextlib.suppress(Exception):
             self._delete_pods()
         self._stop_processes()

@@ -7,6 +7,8 @@ while the session's node (tests/node) is not up.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from testbed.controlplane import ROOT
-from testbed.node import BRIDGE, SYSCTLS, mounts_under
+from testbed.node import BRIDGE, SYSCTLS, mounts_under, state_file
 
 pytestmark = pytest.mark.node
 
@@ -77,3 +79,40 @@ def test_a_wait_on_a_dead_kubelet_fails_at_once_with_its_log(tmp_path: Path) -> 
     assert "kubelet died" in failure
     assert len(failure.splitlines()) > 3  # the kubelet's log tail came with it
     assert host_state(workdir) == before
+
+
+@contextlib.contextmanager
+def another_node_running() -> Iterator[None]:
+    """Holds the machine's node lock, as a running node does, with a bridge of that name up (this
+    test's own when no node left one): what a waiting node must leave alone."""
+    path = state_file().with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # waits for a node of another session to stop
+    made = subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], capture_output=True).returncode == 0
+    try:
+        yield
+    finally:
+        if made:
+            subprocess.run(["ip", "link", "delete", BRIDGE], check=False)
+        os.close(fd)
+
+
+@pytest.mark.parametrize("how", ["gives up", "is interrupted"])
+def test_a_node_waiting_for_another_leaves_that_one_alone(tmp_path: Path, how: str) -> None:
+    """A waiting node that gives up, or is stopped while it waits, tears nothing down: the host's
+    node state is the running node's (found by a session whose waiting run cut a running node's
+    pods off the network)."""
+    with another_node_running():
+        before = host_state(tmp_path / "node")
+        env = {**os.environ, "CFO_NODE_WAIT": "0" if how == "gives up" else "600"}
+        proc = subprocess.Popen([sys.executable, "-m", "testbed.node", "hold", str(tmp_path / "node")], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if how == "is interrupted":
+            output = "".join(lines_until(proc, "waiting up to", timeout=120))
+            assert "waiting up to 600s for the other real node" in output, output
+            proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert host_state(tmp_path / "node") == before, rest[-3000:]
+        assert before["bridge"]
