@@ -36,9 +36,13 @@ class StuckRenewal:
 
 def test_a_leader_whose_renewal_hangs_stops_reconciling_at_its_renew_deadline() -> None:
     reconciled: list[tuple[str, str]] = []
+
+    def reconcile(namespace: str, name: str) -> float | None:
+        reconciled.append((namespace, name))
+        return None
+
     lease = StuckRenewal()
-    controller = Controller(lambda ns, name: reconciled.append((ns, name)) and None,
-                            lambda enqueue, stop: None, lease, workers=4)  # type: ignore[arg-type]
+    controller = Controller(reconcile, lambda enqueue, stop: None, lease, workers=4)  # type: ignore[arg-type]
     assert abs(controller.renew_deadline - 0.4) < 1e-9
     thread = threading.Thread(target=controller.run, daemon=True)
     thread.start()
