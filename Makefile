@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cu
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: bench bench-quick help venv debian-packages k8s-binaries helm-binary images lint unit integration node test cluster cluster-down demo preflight install upgrade uninstall clean
+.PHONY: bench bench-quick chaos help venv debian-packages k8s-binaries helm-binary images lint unit integration node test cluster cluster-down demo preflight install upgrade uninstall clean
 
 help:
 	@echo "make demo         run the local demo on an embedded control plane"
@@ -21,6 +21,7 @@ help:
 	@echo "make helm-binary  build/cache helm (the chart's tests: lint, template, install, upgrade, uninstall)"
 	@echo "make images       build/cache our images (images/Dockerfile, by buildah) and the Puma app image"
 	@echo "make bench        benchmarks (make bench-quick: a smaller run)"
+	@echo "make chaos        faults at random moments of releases on the real node (TRIALS=200 SEED=1 FAULT=...)"
 	@echo "make preflight    check the current kubectl context (and AWS) before installing"
 	@echo "make install      install cluster-wide into the current kubectl context (upgrade, uninstall)"
 
@@ -92,6 +93,15 @@ bench-quick: $(BENCH_STAMP) debian-packages k8s-binaries images
 	$(PY) -m bench.release_strategies --runs 1 --pre-stop 5 --pods 2 --rate 60 --boot-cpu 1.5 --request-cpu-ms 4
 	$(PY) -m bench.webhook --seconds 2 --requests 50
 	$(PY) -m bench.controller_scale --quick
+
+# The chaos suite's long profile on a real node of its own: one fault per trial at a seeded moment
+# of a release, under load; a table per fault kind to bench/results/chaos.json. A failing trial
+# prints its replay command (make chaos SEED=<seed> TRIALS=1 FAULT=<fault>). The short profile
+# runs in make test (tests/node/test_chaos.py).
+TRIALS ?= 200
+SEED   ?= 1
+chaos: venv debian-packages k8s-binaries images
+	$(PY) -m testbed.chaos --trials $(TRIALS) --seed $(SEED) $(if $(FAULT),--fault $(FAULT))
 
 # Cluster-wide install into the current kubectl context (KUBECONFIG / --context via CFO_ADMIN_ARGS).
 preflight: venv

@@ -62,7 +62,9 @@ def serve_command(config: AgentConfig) -> int:
     from customer_friendly.agent.operation import Agent
     from customer_friendly.agent.server import make_server
 
-    server = make_server(Agent(config), config)
+    agent = Agent(config)
+    agent.resume()  # a restart the previous agent process signalled is seen to its end
+    server = make_server(agent, config)
     logging.getLogger(__name__).info("agent API on https://%s:%d", config.bind, config.port)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from customer_friendly.agent import health, puma, worker
+from customer_friendly.agent import health, journal, puma, worker
 from customer_friendly.agent.config import AgentConfig
 from customer_friendly.agent.release import (
     Layout,
@@ -61,6 +61,11 @@ STEADY_SECONDS = 3.0
 """Without Puma's control app, how long the new workers must stay the same processes to count as
 up: /proc cannot tell a booted worker from one about to crash, and Puma replaces a worker that
 cannot boot with a new pid within seconds."""
+
+
+PUMA_RETURN_SECONDS = 60.0
+"""How long a request after a failure that killed Puma waits for the kubelet to start it again
+(a container's first restart is immediate, the next ones back off 10 s, 20 s, 40 s)."""
 
 
 class Busy(RuntimeError):
@@ -119,6 +124,10 @@ class Agent:
         self._status = AgentStatus()
         self._thread: threading.Thread | None = None
         self._asked: dict[str, int] = {}
+        self._signalled: dict[str, int] = {}
+        self._restored_ticks: int | None = None
+        """When `current` was last put back by a failure (boot ticks): a Puma master started after
+        that booted on the restored release."""
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -134,8 +143,17 @@ class Agent:
                        previous=previous_release(self.layout))
 
     def status(self) -> dict[str, Any]:
-        """`report()` in its JSON form."""
-        return self.report().to_json()
+        """`report()` in its JSON form, with `signalled`: how many restarts this agent started onto
+        each release (a bring-back after a failure counts for the old release). With `asked`, it
+        lets a test check that no pod was ever signalled twice for one release."""
+        with self._lock:
+            signalled = dict(self._signalled)
+        return {**self.report().to_json(), "signalled": signalled}
+
+    def _count_signal(self, release: str | None) -> None:
+        if release is not None:
+            with self._lock:
+                self._signalled[release] = self._signalled.get(release, 0) + 1
 
     def running(self) -> bool:
         with self._lock:
@@ -159,9 +177,12 @@ class Agent:
                                                note=f"release {request.release} is current again after the "
                                                     f"failed release {state.target}: nothing to do")
                 return False
+            lost = state.state == FAILED and state.reverted and state.puma_restored is False
+            recovering = self._restored_ticks if lost and current_release(self.layout) == request.release else None
             self._status = AgentStatus(state=FETCHING, target=request.release, restart=request.options.restart,
                                        started_at=time.time())
-        self._thread = threading.Thread(target=self._run, args=(request,), name="cfo-operation", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(request, False, recovering), name="cfo-operation",
+                                        daemon=True)
         self._thread.start()
         return True
 
@@ -180,6 +201,67 @@ class Agent:
         self._thread.start()
         return previous
 
+    def resume(self) -> bool:
+        """At start: finish the restart that this agent's previous process signalled and did not
+        see to its end (journal.py). True when it is being finished; the status says restarting
+        to that release until then, so the controller waits instead of counting the pod done."""
+        record = journal.read(self.layout.root)
+        if record is None:
+            return False
+        view = puma.find_puma(puma.read_processes(), record.master_pid)
+        if (view is None or view.master.start_ticks != record.master_ticks
+                or current_release(self.layout) != record.release):
+            # Puma was started again since (on `current`, with its own worker count), or the links
+            # were put back: nothing of that restart is left to finish.
+            journal.remove(self.layout.root)
+            return False
+        logger.info("finishing the %s restart to %s that the agent's previous process signalled", record.mode,
+                    record.release)
+        with self._lock:
+            self._status = AgentStatus(state=RESTARTING, target=record.release, restart=record.mode,
+                                       started_at=time.time(),
+                                       note="finishing the restart that the agent's previous process signalled")
+        self._thread = threading.Thread(target=self._finish, args=(record,), name="cfo-resume", daemon=True)
+        self._thread.start()
+        return True
+
+    def _finish(self, record: journal.Restart) -> None:
+        deadline = time.monotonic() + max(record.deadline_at - time.time(), 5.0)
+        try:
+            latest = self._wait_restarted(record, deadline)
+            if record.surge and len(latest.workers) > record.expected:
+                self._end_surge(latest, record.expected, deadline)
+            if self.config.health_url:
+                health.wait_until_healthy(self.config.health_url, deadline)
+            self._update(state=DONE, finished_at=time.time())
+            logger.info("release %s served by every worker (restart finished after an agent restart)",
+                        record.release)
+        except (puma.PumaError, OSError, ValueError) as err:
+            logger.warning("the restart to %s did not finish: %s", record.release, err)
+            self._update(state=FAILED, error=f"the {record.mode} restart to {record.release} that the agent's "
+                                             f"previous process signalled did not finish: {err}",
+                         finished_at=time.time())
+        finally:
+            journal.remove(self.layout.root)
+
+    def _wait_restarted(self, record: journal.Restart, deadline: float) -> puma.PumaView:
+        """Until every worker is new and the same processes for STEADY_SECONDS, with the surge
+        worker (before its TTOU) or without it (the TTOU was sent before the agent died)."""
+        sizes = {record.expected + 1 if record.surge else record.expected, record.expected}
+        steady: tuple[frozenset[int], float] = (frozenset(), time.monotonic())
+        while time.monotonic() < deadline:
+            latest = puma.find_puma(puma.read_processes(), record.master_pid)
+            if latest is None:
+                raise puma.PumaError(f"Puma (pid {record.master_pid}) exited during the {record.mode} restart")
+            pids = frozenset(w.pid for w in latest.workers)
+            if pids != steady[0]:
+                steady = (pids, time.monotonic())
+            if (len(pids) in sizes and puma.restarted_since(latest, record.signal_ticks, len(pids))
+                    and time.monotonic() - steady[1] >= STEADY_SECONDS):
+                return latest
+            time.sleep(0.2)
+        raise puma.PumaError("not done by its deadline")
+
     def wait(self, timeout: float | None = None) -> None:
         if self._thread:
             self._thread.join(timeout)
@@ -190,7 +272,9 @@ class Agent:
         with self._lock:
             self._status = replace(self._status, **changes)
 
-    def _run(self, request: ReleaseRequest, rollback: bool = False) -> None:
+    def _run(self, request: ReleaseRequest, rollback: bool = False, recovering: int | None = None) -> None:
+        """`recovering`: the request is for the release `current` was put back to (at these boot
+        ticks) by a failure during which Puma died; see `_restart_puma`."""
         attempt = Attempt()
         deadline = request.options.deadline_seconds or self.config.restart_deadline
         started = time.monotonic()
@@ -199,14 +283,7 @@ class Agent:
                 install(self.layout, request.release, request.source, require_sha256=self.config.require_sha256,
                         limits=self.limits)
             if request.options.restart in ("phased", "hot"):
-                view = puma.locate(self.config.puma_pidfile)
-                mode = self._restart_mode(view, request)
-                puma.check_can_signal(view.master.pid, "Puma")
-                self._update(state=RESTARTING, restart=mode)
-                attempt.view, attempt.mode = view, mode
-                attempt.surge = request.options.surge and mode == "phased" and view.mode == "cluster"
-                self._switch(request.release, attempt)
-                self._restart(view, mode, deadline, attempt=attempt, release=request.release, surge=attempt.surge)
+                mode = self._restart_puma(request, deadline, attempt, recovering)
             else:
                 mode = request.options.restart
                 self._restart_process(request, deadline, attempt)
@@ -224,6 +301,43 @@ class Agent:
         except Exception as err:  # never leave the state machine stuck in a running state
             logger.exception("release %s failed unexpectedly", request.release)
             self._fail(f"internal error: {err}", attempt, deadline)
+        finally:
+            journal.remove(self.layout.root)
+
+    def _restart_puma(self, request: ReleaseRequest, deadline: float, attempt: Attempt,
+                      recovering: int | None) -> str:
+        """Switch `current` and restart Puma onto it; the restart mode used.
+
+        After a failure during which Puma died (its container killed, say), the kubelet starts a
+        new Puma, which boots on whatever `current` is then. When the controller then asks for the
+        release that `current` was put back to, that Puma may not be up yet: it is waited for
+        (PUMA_RETURN_SECONDS), not reported missing, and when it started after `current` was put
+        back, it already serves the release and nothing is signalled.
+        """
+        view = self._locate(recovering is not None)
+        if recovering is not None and view.master.start_ticks > recovering:
+            self._update(note=f"Puma (pid {view.master.pid}) started after release {request.release} was put back: "
+                              "it serves it, nothing to restart")
+            return request.options.restart
+        mode = self._restart_mode(view, request)
+        puma.check_can_signal(view.master.pid, "Puma")
+        self._update(state=RESTARTING, restart=mode)
+        attempt.view, attempt.mode = view, mode
+        attempt.surge = request.options.surge and mode == "phased" and view.mode == "cluster"
+        self._switch(request.release, attempt)
+        self._restart(view, mode, deadline, attempt=attempt, release=request.release, surge=attempt.surge)
+        return mode
+
+    def _locate(self, wait: bool) -> puma.PumaView:
+        """Puma's master; with `wait`, while its container is being restarted, wait for it."""
+        until = time.monotonic() + (PUMA_RETURN_SECONDS if wait else 0)
+        while True:
+            try:
+                return puma.locate(self.config.puma_pidfile)
+            except puma.PumaError:
+                if time.monotonic() >= until:
+                    raise
+            time.sleep(0.5)
 
     def _switch(self, release: str, attempt: Attempt) -> None:
         attempt.before = links(self.layout)
@@ -238,6 +352,7 @@ class Agent:
             try:
                 restore(self.layout, attempt.before)
                 changes["reverted"] = True
+                self._restored_ticks = puma.boot_ticks_now()
             except OSError as err:
                 logger.error("could not restore current and previous: %s", err)
                 changes["reverted"] = False
@@ -284,6 +399,7 @@ class Agent:
             with self._lock:
                 self._status = replace(self._status, note=text, steps=(*self._status.steps, text))
 
+        self._count_signal(request.release)
         if request.options.restart == "drain":
             worker.drain(target, request.options.quiet_signal, request.options.drain_seconds, deadline, progress)
         else:
@@ -333,11 +449,9 @@ class Agent:
                           attempt: Attempt | None, release: str | None, surge: bool) -> None:
         stats_before = self._stats()
         ticks = puma.boot_ticks_now()
-        puma.send(view, mode)
-        if attempt is not None:
-            attempt.signalled = True
-        if surge:
-            puma.signal_master(view, puma.SURGE_UP)
+        self._send(view, mode, attempt, release, surge, journal.Restart(
+            release or "", mode, view.master.pid, view.master.start_ticks, ticks, expected, surge,
+            time.time() + deadline_seconds))
         watched = expected + 1 if surge else expected
         # Taken after the signal: a worker Puma forks before it handles the signal (on a revert,
         # one more of the crash loop being left) is then not taken for one of this restart's.
@@ -373,6 +487,19 @@ class Agent:
                 with contextlib.suppress(puma.PumaError):
                     puma.signal_master(view, puma.SURGE_DOWN)
             raise
+
+    def _send(self, view: puma.PumaView, mode: str, attempt: Attempt | None, release: str | None, surge: bool,
+              record: journal.Restart) -> None:
+        """The restart's signal (and TTIN for a surge), counted; a forward restart is journaled
+        just after, so that a restarted agent finishes it (journal.py)."""
+        puma.send(view, mode)
+        self._count_signal(release)
+        if attempt is not None:
+            attempt.signalled = True
+        if surge:
+            puma.signal_master(view, puma.SURGE_UP)
+        if attempt is not None and release is not None:
+            journal.write(self.layout.root, record)
 
     def _end_surge(self, view: puma.PumaView, expected: int, deadline: float) -> None:
         """TTOU, then wait until Puma is back to `expected` booted workers (it culls the youngest)."""

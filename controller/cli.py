@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     lease = Lease(client.CoordinationV1Api(api), settings.namespace, "customer-friendly-controller",
                   settings.identity) if settings.leader_election else None
     controller = Controller(reconciler.reconcile, cache.run, lease, workers=settings.workers)
+    reconciler.may_act = controller.leads
     signal.signal(signal.SIGTERM, lambda *_: controller.stop.set())
     controller.run()
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -72,11 +73,14 @@ class Lease:
     def __init__(self, api: client.CoordinationV1Api, namespace: str, name: str, identity: str,
                  duration: int = 15) -> None:
         self.api, self.namespace, self.name, self.identity, self.duration = api, namespace, name, identity, duration
+        self.timeout = max(1.0, duration / 3)
+        """Each Lease call gives up after this: a call hanging on an API server that went away must
+        not keep the renewing thread (and so the leader's belief that it leads) stuck."""
 
     def try_acquire(self) -> bool:
         now = dt.datetime.now(dt.UTC)
         try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+            lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.timeout)
         except ApiException as err:
             if err.status != 404:
                 raise
@@ -84,7 +88,7 @@ class Lease:
                                   spec=client.V1LeaseSpec(holder_identity=self.identity, acquire_time=now,
                                                           renew_time=now, lease_duration_seconds=self.duration))
             try:
-                self.api.create_namespaced_lease(self.namespace, body)
+                self.api.create_namespaced_lease(self.namespace, body, _request_timeout=self.timeout)
                 return True
             except ApiException as create_err:
                 if create_err.status == 409:
@@ -101,7 +105,7 @@ class Lease:
             spec.lease_transitions = (spec.lease_transitions or 0) + 1
         spec.holder_identity, spec.renew_time, spec.lease_duration_seconds = self.identity, now, self.duration
         try:
-            self.api.replace_namespaced_lease(self.name, self.namespace, lease)
+            self.api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=self.timeout)
         except ApiException as err:
             if err.status == 409:  # someone else renewed first
                 return False
@@ -133,6 +137,11 @@ class Controller:
         self.queue = WorkQueue()
         self.stop = threading.Event()
         self.leading = threading.Event()
+        self.renewed = -math.inf
+        """When the last successful renewal was started (time.monotonic())."""
+        self.renew_deadline = (lease.duration * 2 / 3) if lease else math.inf
+        """A leader that has not renewed for this long stops reconciling, before its Lease (duration)
+        can expire and another replica take it (client-go's RenewDeadline, 10 s of 15)."""
         self.known: set[Key] = set()
         self._failures: dict[Key, int] = {}
 
@@ -140,12 +149,21 @@ class Controller:
         self.known.add(key)
         self.queue.add(key)
 
+    def leads(self) -> bool:
+        """Whether this replica may reconcile now: it holds the Lease, renewed within the deadline."""
+        return self.leading.is_set() and time.monotonic() - self.renewed < self.renew_deadline
+
     def _work(self) -> None:
         while not self.stop.is_set():
-            if not self.leading.wait(0.5):
+            if not self.leads():
+                self.stop.wait(0.2)
                 continue
             key = self.queue.get(self.stop)
             if key is None:
+                continue
+            if not self.leads():  # the Lease was lost while this worker waited for work: not ours now
+                self.queue.done(key)
+                self.queue.add(key)
                 continue
             try:
                 again = self.reconcile(*key)
@@ -161,11 +179,14 @@ class Controller:
 
     def _lead(self) -> None:
         while not self.stop.is_set():
+            started = time.monotonic()
             try:
                 leading = self.lease is None or self.lease.try_acquire()
             except Exception as err:
                 logger.warning("lease renewal failed: %s", err)
                 leading = False
+            if leading:
+                self.renewed = started
             if leading and not self.leading.is_set():
                 logger.info("became the leader; reconciling")
                 for key in list(self.known):

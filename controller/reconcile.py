@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -83,8 +84,12 @@ class Observed:
 
 class Reconciler:
     def __init__(self, kube: Kube, agents: AgentClient, policy: PolicySource,
-                 config: ControllerConfig = DEFAULT_CONFIG) -> None:
+                 config: ControllerConfig = DEFAULT_CONFIG, may_act: Callable[[], bool] = lambda: True) -> None:
         self.kube, self.agents, self.policy, self.config = kube, agents, policy, config
+        self.may_act = may_act
+        """Whether this replica still leads (Controller.leads), asked again just before agents are:
+        a reconcile whose API writes hung through an API server outage may end after the Lease
+        passed to another replica, which asks the same agents."""
 
     def reconcile(self, namespace: str, name: str) -> float | None:
         observed = self._observe(namespace, name)
@@ -177,7 +182,11 @@ class Reconciler:
             self._observe_outcome(observed.rollout, actions.rollout)
         for pod_name, open_ in actions.gates.items():
             self.kube.set_pod_condition(namespace, pod_name, gate_condition(open_, observed.spec.release))
-        self._ask(observed, actions.ask)
+        if actions.ask and not self.may_act():
+            # The batch is recorded: the leader finds its pods unasked and asks them, once.
+            observed.log.warning("no longer the leader: leaving %d agents to the leader", len(actions.ask))
+        else:
+            self._ask(observed, actions.ask)
         for event in actions.events:
             observed.log.info("%s: %s", event.reason, event.message)
             self.kube.event(deployment, event.reason, event.message, event.warning)

@@ -596,6 +596,13 @@ state = "{base / 'state'}"
             time.sleep(interval)
         raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what}")
 
+    def restart_apiserver(self, down_seconds: float) -> None:
+        """kube-apiserver stopped, and started again after `down_seconds` (same port, etcd and
+        flags) while the kubelet, the controllers and the pods keep running; the new process is
+        recorded for a crashed run's clean-up."""
+        self.control.restart_apiserver(down_seconds)
+        self._record()
+
     def log_tail(self, name: str, lines: int = 40) -> str:
         return tail(self.workdir / "logs" / f"{name}.log", lines)
 

@@ -287,6 +287,27 @@ class Sources:
     def processes(self) -> list[subprocess.Popen[bytes]]:
         return [p for p in (self.moto.proc, self.https_proc) if p is not None]
 
+    def s3_objects(self) -> dict[str, bytes]:
+        """Every object in the bucket: what `start_s3` puts back (moto keeps them in memory only)."""
+        client = self._client()
+        keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+                for o in page.get("Contents", [])]
+        return {key: client.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in keys}
+
+    def stop_s3(self) -> None:
+        """The S3 server gone, as in an outage: connections to it are refused."""
+        self.moto.stop()
+
+    def start_s3(self, objects: dict[str, bytes]) -> subprocess.Popen[bytes]:
+        """The S3 server back at the same address, holding `objects` again; its new process."""
+        self.moto.start()
+        client = self._client()
+        client.create_bucket(Bucket=BUCKET)
+        for key, body in objects.items():
+            client.put_object(Bucket=BUCKET, Key=key, Body=body)
+        assert self.moto.proc is not None
+        return self.moto.proc
+
     def stop(self) -> None:
         terminate(self.https_proc, 5)
         if hasattr(self, "moto"):
@@ -615,7 +636,8 @@ def kill_container(node: Node, namespace: str, pod_name: str, container: str) ->
     no SIGTERM, no preStop, nothing cleaned up. The kubelet then restarts the container in the
     same pod (its restartCount goes up by one)."""
     pod = json.loads(node.kubectl("-n", namespace, "get", "pod", pod_name, "-o", "json").stdout)
-    status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == container)
+    statuses = pod["status"].get("initContainerStatuses", []) + pod["status"]["containerStatuses"]  # our sidecar
+    status = next(s for s in statuses if s["name"] == container)
     container_id = status["containerID"].split("://", 1)[1]
     result = subprocess.run(["ctr", "--address", str(node.containerd_socket), "-n", "k8s.io", "tasks", "kill",
                              "--signal", "SIGKILL", container_id], capture_output=True, text=True, check=False)

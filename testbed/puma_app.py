@@ -214,7 +214,7 @@ class MotoS3:
                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
     def start(self) -> MotoS3:
-        self.port = free_port(self.host)
+        self.port = self.port or free_port(self.host)  # started again: the same address
         moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
         log = self.workdir / "moto.log"
         with log.open("ab") as fh:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from customer_friendly.agent import journal, operation
 from customer_friendly.agent.config import AgentConfig
 from customer_friendly.agent.operation import Agent, settled
 from customer_friendly.agent.puma import parse_status_uids, signal_refused_message
@@ -105,7 +107,7 @@ def stand_in() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def test_a_process_that_dies_of_the_signal_leaves_current_and_previous_as_they_were(
-        volume: Path, stand_in: subprocess.Popen[bytes]) -> None:
+        volume: Path, stand_in: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
     layout, source = prepared(volume)
     pidfile = volume / "puma.pid"
     pidfile.write_text(str(stand_in.pid))
@@ -118,11 +120,15 @@ def test_a_process_that_dies_of_the_signal_leaves_current_and_previous_as_they_w
     assert links(layout) == before and (status["release"], status["previous"]) == ("v1", "v0")
     assert (status["reverted"], status["puma_restored"]) == (True, False)
     assert "Puma (pid" in status["error"] and "is gone" in status["error"]
-    # Puma did not come back: asking for v1 again is real work, not a no-op (here it finds no Puma).
+    assert status["signalled"] == {"v2": 1}  # the master died of it: there was nothing to bring back
+    # Puma did not come back: asking for v1 again is real work, not a no-op (here it finds no Puma,
+    # once it has waited for one to start again).
+    monkeypatch.setattr(operation, "PUMA_RETURN_SECONDS", 1.0)
     assert agent.start(ReleaseRequest("v1", source, RestartOptions(restart="hot", deadline_seconds=5))) is True
     agent.wait(30)
     again = agent.status()
     assert again["state"] == "failed" and "Puma master not found" in again["error"] and links(layout) == before
+    assert again["signalled"] == {"v2": 1} and again["asked"] == {"v2": 1, "v1": 1}
 
 
 def system_python() -> str | None:
@@ -306,7 +312,10 @@ def test_a_release_that_cannot_boot_fails_on_its_crash_loop_and_puma_is_restarte
     assert status["puma"]["workers"] == 2 and status["puma"]["bootFailures"] == 0  # the revert's restart
     # The controller's rollback to v1: nothing to do.
     assert agent.start(ReleaseRequest("v1", source, RestartOptions(restart=mode))) is False
-    assert agent.status()["state"] == "done"
+    done = agent.status()
+    assert done["state"] == "done"
+    # One restart onto broken, one back onto v1 (the agent's own revert); the rollback signalled nothing.
+    assert done["signalled"] == {"broken": 1, "v1": 1} and done["asked"] == {"broken": 1, "v1": 1}
 
 
 def test_when_the_old_release_crash_loops_too_the_wait_for_it_stops_and_says_so(
@@ -333,3 +342,117 @@ def test_the_boot_failures_setting_comes_from_the_environment() -> None:
     assert AgentConfig.from_env(env={}).boot_failures == 3
     assert AgentConfig.from_env(env={"CFO_BOOT_FAILURES": "5"}).boot_failures == 5
     assert AgentConfig.from_env(env={"CFO_BOOT_FAILURES": "0"}).boot_failures == 0  # only the deadline
+
+
+# --- a restart whose agent was killed, finished by the agent's next process ---------------------
+
+def journaled_restart(layout: Layout, source: str, pidfile: Path, master_ticks_offset: int = 0) -> journal.Restart:
+    """What a killed agent leaves: v2 current, Puma sent USR1, the journal written."""
+    from customer_friendly.agent import puma
+
+    install(layout, "v2", source)
+    switch(layout, "v2")
+    master = int(pidfile.read_text())
+    view = puma.find_puma(puma.read_processes(), master)
+    assert view is not None
+    ticks = puma.boot_ticks_now()
+    os.kill(master, signal.SIGUSR1)
+    record = journal.Restart("v2", "phased", master, view.master.start_ticks + master_ticks_offset, ticks, 2, False,
+                             time.time() + 60)
+    journal.write(layout.root, record)
+    return record
+
+
+def test_a_restarted_agent_finishes_the_restart_its_previous_process_signalled(
+        fake_puma: tuple[Layout, str, Path]) -> None:
+    from customer_friendly.agent import puma
+
+    layout, source, pidfile = fake_puma
+    record = journaled_restart(layout, source, pidfile)
+    agent = boot_agent(layout, pidfile)  # a new process: nothing in memory
+    assert agent.resume() is True
+    first = agent.status()
+    assert (first["state"], first["target"], first["release"]) == ("restarting", "v2", "v2")
+    agent.wait(60)
+    status = agent.status()
+    assert status["state"] == "done", status
+    view = puma.find_puma(puma.read_processes(), record.master_pid)
+    assert view is not None and puma.restarted_since(view, record.signal_ticks, 2)
+    assert journal.read(layout.root) is None
+    # The controller asking again for v2 now finds it done: nothing is signalled twice.
+    assert agent.start(ReleaseRequest("v2", source)) is False and agent.status()["signalled"] == {}
+
+
+def test_a_journal_whose_puma_was_started_again_is_dropped(fake_puma: tuple[Layout, str, Path]) -> None:
+    layout, source, pidfile = fake_puma
+    journaled_restart(layout, source, pidfile, master_ticks_offset=-1)  # another process had that pid
+    agent = boot_agent(layout, pidfile)
+    assert agent.resume() is False
+    assert agent.status()["state"] == "idle" and journal.read(layout.root) is None
+
+
+def test_a_torn_journal_reads_as_none() -> None:
+    record = journal.Restart("v2", "phased", 10, 20, 30, 2, True, 1.5)
+    assert journal.Restart.from_json(record.to_json()) == record
+    assert journal.Restart.from_json(record.to_json()[:20]) is None
+    assert journal.Restart.from_json('{"release": "v2"}') is None
+
+
+# --- Puma killed during a restart: the rollback finds the Puma the kubelet started again -------
+
+def start_fake_puma(layout: Layout, pidfile: Path) -> subprocess.Popen[bytes]:
+    """A new stand-in master on whatever `current` is, as the kubelet restarting the container."""
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_PUMA, str(layout.root), "2"], start_new_session=True)
+    pidfile.write_text(str(proc.pid))
+    return proc
+
+
+def test_a_rollback_after_puma_was_killed_mid_restart_waits_for_the_new_puma_and_signals_nothing(
+        fake_puma: tuple[Layout, str, Path]) -> None:
+    layout, source, pidfile = fake_puma
+    agent = boot_agent(layout, pidfile)
+    before = links(layout)
+    assert agent.start(ReleaseRequest("v2", source, RestartOptions(restart="phased"))) is True
+    time.sleep(0.3)
+    os.killpg(int(pidfile.read_text()), signal.SIGKILL)  # the master and its workers, mid restart
+    agent.wait(30)
+    failed = agent.status()
+    assert failed["state"] == "failed" and "exited during the phased restart" in failed["error"], failed
+    assert (failed["reverted"], failed["puma_restored"]) == (True, False) and links(layout) == before
+    # The controller's rollback arrives before the kubelet has started Puma again.
+    assert agent.start(ReleaseRequest("v1", source, RestartOptions(restart="phased"))) is True
+    time.sleep(1.5)
+    assert agent.status()["state"] != "failed"  # waiting for Puma, not "Puma master not found"
+    again = start_fake_puma(layout, pidfile)
+    try:
+        agent.wait(30)
+        status = agent.status()
+        assert status["state"] == "done", status
+        assert f"Puma (pid {again.pid}) started after release v1 was put back" in status["note"]
+        assert status["signalled"] == {"v2": 1} and links(layout) == before
+    finally:
+        os.killpg(again.pid, signal.SIGKILL)
+        again.wait()
+
+
+def test_a_puma_started_before_current_was_put_back_is_restarted_onto_it(
+        fake_puma: tuple[Layout, str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubelet was quicker than the revert: that Puma may have booted on the failed release."""
+    layout, source, pidfile = fake_puma
+    agent = boot_agent(layout, pidfile)
+    assert agent.start(ReleaseRequest("v2", source, RestartOptions(restart="phased"))) is True
+    time.sleep(0.3)
+    os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+    agent.wait(30)
+    monkeypatch.setattr(agent, "_restored_ticks", 10**12)  # as if `current` had been put back after it started
+    again = start_fake_puma(layout, pidfile)
+    try:
+        time.sleep(1.0)  # its workers booted
+        assert agent.start(ReleaseRequest("v1", source, RestartOptions(restart="phased"))) is True
+        agent.wait(60)
+        status = agent.status()
+        assert status["state"] == "done", status
+        assert status["signalled"] == {"v2": 1, "v1": 1}  # restarted onto v1 once
+    finally:
+        os.killpg(again.pid, signal.SIGKILL)
+        again.wait()
