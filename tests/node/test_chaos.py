@@ -15,7 +15,7 @@ from testbed.chaos import run_trials
 from testbed.chaos_checks import FAULTS, format_table
 from testbed.node_app import WebApp
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.chaos]
 
 SEED = 1600
 TRIALS = 3 * len(FAULTS)
