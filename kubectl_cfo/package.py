@@ -36,7 +36,6 @@ DEFAULT_IGNORE = (".git", "node_modules", "/log/*", "/tmp/*")
 DEFAULT_MTIME = 315532800
 """1980-01-01T00:00:00Z: the mtime of every member when SOURCE_DATE_EPOCH is not set."""
 
-_CHUNK = 1 << 20
 
 
 class PackError(ValueError):
@@ -168,6 +167,20 @@ def write_archive(entries: Iterable[Entry], out: BinaryIO, mtime: int) -> None:
                 tar.addfile(info, data)
 
 
+class _Hashing:
+    """A file the archive is written to, hashed as it is written: no second read of it."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.digest = file, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 @dataclass(frozen=True)
 class Packed:
     """A packed release: where its archive is, and what it holds."""
@@ -213,12 +226,10 @@ def pack(root: Path, archive: Path, *, mtime: int | None = None, limits: checks.
         raise PackError(f"the agent would refuse this release: {err}") from err
     if on_progress:
         on_progress(f"packing {len(entries)} entries from {root}")
-    with archive.open("wb") as out:
-        write_archive(entries, out, source_date_epoch() if mtime is None else mtime)
-    digest = hashlib.sha256()
-    with archive.open("rb") as data:
-        for chunk in iter(lambda: data.read(_CHUNK), b""):
-            digest.update(chunk)
+    with archive.open("wb") as file:
+        out = _Hashing(file)
+        write_archive(entries, out, source_date_epoch() if mtime is None else mtime)  # type: ignore[arg-type]
+    digest = out.digest
     regular = [e for e in entries if e.kind == checks.REGULAR]
     return Packed(archive, digest.hexdigest(), archive.stat().st_size, len(regular), sum(e.size for e in regular))
 
