@@ -37,7 +37,6 @@ DEFAULT_MTIME = 315532800
 """1980-01-01T00:00:00Z: the mtime of every member when SOURCE_DATE_EPOCH is not set."""
 
 
-
 class PackError(ValueError):
     """The directory cannot be packed into a release; the message says which path and why."""
 
