@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import random
+import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -162,6 +164,158 @@ class EndpointWatch(threading.Thread):
                 self.left_at = time.monotonic()
                 return
             time.sleep(0.05)
+
+
+class Changes(threading.Thread):
+    """What one thing looked like over the whole run, one line per change, so that a trial whose
+    requests failed can show what the Service's endpoints, the pods' readiness and kube-proxy's
+    rules were meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.lines: list[tuple[float, str, str, str]] = []
+        """(monotonic time, wall clock, the object's name, the line) per change."""
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+
+    def seen(self, name: str, line: str) -> None:
+        self.lines.append((time.monotonic(), time.strftime("%H:%M:%S"), name, line))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def around(self, start: float, end: float, margin: float = 5.0) -> list[str]:
+        """Each object's state as `margin` before `start` began (its last line before), then its
+        changes until `margin` after `end`, each with its time relative to `start`."""
+        before: dict[str, tuple[float, str, str]] = {}
+        during, last = [], {}
+        for at, wall, name, line in list(self.lines):
+            if at < start - margin:
+                before[name] = (at, wall, line)
+            elif at <= end + margin and last.get(name, before.get(name, (0, "", ""))[2]) != line:
+                during.append((at, wall, line))
+            last[name] = line
+        return [f"{at - start:+7.2f}s {wall} {line}" for at, wall, line in sorted(before.values()) + during]
+
+
+class Timeline(Changes):
+    """`kubectl get -w -o json` of one kind of the app's objects (restarted when the API server
+    goes away)."""
+
+    def __init__(self, app: WebApp, kind: str, selector: str, describe: Callable[[dict[str, Any]], str]) -> None:
+        super().__init__()
+        self.app, self.describe = app, describe
+        self.args = ["get", kind, "-n", app.namespace, "-l", selector, "-w", "-o", "json"]
+        self._proc: subprocess.Popen[str] | None = None
+
+    def run(self) -> None:
+        control = self.app.node.control
+        decoder = json.JSONDecoder()
+        while not self._stop.is_set():
+            proc = self._proc = subprocess.Popen([str(control.kubectl_path), *self.args], stdout=subprocess.PIPE,
+                                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                                 env=control.env())
+            assert proc.stdout is not None and proc.stderr is not None
+            buffer = ""
+            for chunk in proc.stdout:
+                buffer += chunk
+                while buffer.strip():
+                    try:
+                        item, used = decoder.raw_decode(buffer.lstrip())
+                    except ValueError:
+                        break  # an object not yet whole
+                    buffer = buffer.lstrip()[used:]
+                    for obj in item.get("items", [item]) if item.get("kind", "").endswith("List") else [item]:
+                        self.seen(obj["metadata"]["name"], self.describe(obj))
+            proc.wait()
+            error = proc.stderr.read().strip()
+            if error:
+                self.errors.append(error[-300:])
+            self._stop.wait(0.5)
+
+    def stop(self) -> None:
+        super().stop()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(5)
+
+
+class ProxyRules(Changes):
+    """kube-proxy's iptables rules for the Service, polled: the endpoints its chain sends new
+    connections to, or `reject` (the rule kube-proxy installs for a Service with no ready
+    endpoint, which answers a connection with "refused")."""
+
+    def __init__(self, service: str, interval: float = 0.5) -> None:
+        super().__init__()
+        self.service, self.interval = service, interval
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                nat = subprocess.run(["iptables", "-w", "5", "-t", "nat", "-S"], capture_output=True, text=True,
+                                     timeout=10, check=False).stdout
+                reject = subprocess.run(["iptables", "-w", "5", "-t", "filter", "-S"], capture_output=True,
+                                        text=True, timeout=10, check=False).stdout
+            except subprocess.TimeoutExpired:
+                self.seen("proxy", "proxy: iptables did not answer in 10 s")
+                continue
+            self.seen("proxy", proxy_rules(self.service, nat, reject))
+            self._stop.wait(self.interval)
+
+
+def proxy_rules(service: str, nat: str, filter_rules: str) -> str:
+    """`proxy <ns/name>: <endpoint> ...` from `iptables -S` of the nat and filter tables (kube-proxy
+    names each rule in a comment, `"<ns/name>[:<port>] -> <ip:port>"`), with `reject` when the
+    filter table refuses the Service's connections (`"<ns/name>[:<port>] has no endpoints"`)."""
+    name = re.escape(service) + r"(?::[\w.-]+)?"
+    endpoints = sorted({m.group(1) for line in nat.splitlines() if line.startswith("-A KUBE-SVC-")
+                        for m in [re.search(f'"{name} -> ([^"]+)"', line)] if m})
+    rejects = any(re.search(f'"{name} has no endpoints"', line) and "REJECT" in line
+                  for line in filter_rules.splitlines())
+    return f"proxy {service}: " + " ".join(endpoints or ["no endpoints"]) + (" reject" if rejects else "")
+
+
+def describe_slice(endpoint_slice: dict[str, Any]) -> str:
+    """`slice <name> <pod>=ready|not-ready[,terminating] ...`."""
+    def state(endpoint: dict[str, Any]) -> str:
+        conditions = endpoint.get("conditions") or {}
+        return ("ready" if conditions.get("ready", True) else "not-ready") + (
+            ",terminating" if conditions.get("terminating") else "")
+    return " ".join([f"slice {endpoint_slice['metadata']['name']}", *(
+        f"{(e.get('targetRef') or {}).get('name', e.get('addresses'))}={state(e)}"
+        for e in endpoint_slice.get("endpoints") or [])])
+
+
+def describe_pod(pod: dict[str, Any]) -> str:
+    """`pod <name> <condition>=<status> ... <container>:ready=<b>,restarts=<n> ...`."""
+    status = pod.get("status") or {}
+    return " ".join([
+        f"pod {pod['metadata']['name']}" + (" deleting" if pod["metadata"].get("deletionTimestamp") else ""),
+        *(f"{cond['type']}={cond['status']}" for cond in status.get("conditions") or []
+          if cond["type"] not in ("PodScheduled", "Initialized", "PodReadyToStartContainers")),
+        *(f"{s['name']}:ready={s.get('ready')},restarts={s.get('restartCount', 0)}"
+          for s in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []))])
+
+
+def service_timelines(app: WebApp) -> list[Changes]:
+    """The Service's EndpointSlices (ready per pod), the pods' conditions and container states, and
+    kube-proxy's rules for it."""
+    return [Timeline(app, "endpointslices", f"kubernetes.io/service-name={app.name}", describe_slice),
+            Timeline(app, "pods", f"app={app.name}", describe_pod), ProxyRules(f"{app.namespace}/{app.name}")]
+
+
+def log_lines(path: Path, start_wall: float, end_wall: float, needles: tuple[str, ...]) -> list[str]:
+    """Lines of a klog log (`I1202 14:45:38.123456 ...`) between two wall-clock times holding a needle."""
+    if not path.is_file():
+        return []
+    day = time.strftime("%m%d", time.gmtime(start_wall))
+    lo, hi = (time.strftime("%H:%M:%S", time.gmtime(t)) for t in (start_wall, end_wall))
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        stamp = line[1:5], line[6:14]
+        if stamp[0] == day and lo <= stamp[1] <= hi and any(n in line for n in needles):
+            out.append(line[:300])
+    return out
 
 
 # --- the faults, in the order of the issue -----------------------------------------------------
@@ -310,6 +464,9 @@ class ChaosRun:
     _volumes: dict[str, Path] = field(default_factory=dict)
     _last: dict[str, PodSeen] = field(default_factory=dict)
     _mark: float = 0.0
+    timelines: list[Changes] = field(default_factory=list)
+    diagnoses: list[str] = field(default_factory=list)
+    """For each trial that broke an invariant with failed requests: what was seen meanwhile."""
 
     @property
     def product(self) -> Product:
@@ -326,6 +483,9 @@ class ChaosRun:
         self.publish(self.current)
         self.app.deploy(self.current)
         self.started = time.monotonic()
+        self.timelines = service_timelines(self.app)
+        for timeline in self.timelines:
+            timeline.start()
         self.load = Load(self.app.cluster_ip(), 80, rate=self.rate).start()
         time.sleep(1)
         self._last, self._mark = self.observe(), time.monotonic()
@@ -335,6 +495,8 @@ class ChaosRun:
     def stop(self) -> None:
         if self.load:
             self.load.stop()
+        for timeline in self.timelines:
+            timeline.stop()
 
     # --- one trial --------------------------------------------------------------------------
 
@@ -368,6 +530,9 @@ class ChaosRun:
         violations = trial_violations(seen)
         if violations:
             self.log(f"seed {seed}: the controllers' last lines\n{self.app.controller_log()}")
+            if seen.failures:
+                self.diagnoses.append(self.while_failing(seen))
+                self.log(self.diagnoses[-1])
         self.results.append((seen, violations))
         self._last, self._mark = after, ended
         final = Rollout.from_wire(record)
@@ -461,6 +626,21 @@ class ChaosRun:
 
     # --- reporting --------------------------------------------------------------------------
 
+    def while_failing(self, seen: TrialSeen) -> str:
+        """What the Service's endpoints, the pods, the kubelet's probes and kube-proxy did from 5 s
+        before the trial's first failed request to 5 s after its last."""
+        start, end = min(seen.failures), max(seen.failures)
+        to_wall = time.time() - time.monotonic()
+        logs = self.app.node.workdir / "logs"
+        lines = [f"seed {seen.seed}: {len(seen.failures)} requests failed from {start - seen.started_at:.1f}s to "
+                 f"{end - seen.started_at:.1f}s into the trial ({seen.failure_kinds}); meanwhile (s from the first):"]
+        for timeline in self.timelines:
+            lines += timeline.around(start, end)
+        lines += log_lines(logs / "kubelet.log", to_wall + start - 5, to_wall + end + 5,
+                           ("Probe failed", "readiness", "Killing", "SyncLoop", "restart", "Container"))[-60:]
+        lines += log_lines(logs / "kube-proxy.log", to_wall + start - 5, to_wall + end + 5, ("",))[-30:]
+        return "\n  ".join(lines)
+
     def describe(self, seen: TrialSeen, violations: list[str]) -> str:
         phase = seen.rollout.get("phase")
         ours, _ = killed_master_failures(seen)
@@ -476,7 +656,8 @@ class ChaosRun:
         """Every broken invariant so far: per trial (with its replay command), then the controller's."""
         out = [f"seed {seen.seed} ({seen.fault}, {seen.variant}): {v}  [replay: {replay_command(seen)}]"
                for seen, violations in self.results for v in violations]
-        return out + controller_violations(self.controller, self.limits)
+        return out + controller_violations(self.controller, self.limits) + (
+            ["what was seen while requests failed:", *self.diagnoses] if out and self.diagnoses else [])
 
     def report(self, seed: int, trials: int, fault: str | None) -> dict[str, Any]:
         return {
@@ -486,6 +667,7 @@ class ChaosRun:
             "table": table(self.results),
             "controller": controller_summary(self.controller),
             "violations": self.violations(),
+            "diagnoses": self.diagnoses,
             "trials": [{"seed": s.seed, "fault": s.fault, "variant": s.variant, "releases": list(s.releases),
                         "phase": s.rollout.get("phase"), "message": s.rollout.get("message"),
                         "settle_seconds": s.settle_seconds, "requests": s.requests,
