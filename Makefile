@@ -62,11 +62,11 @@ integration: venv debian-packages k8s-binaries helm-binary
 
 # Real pods on a real kubelet (root): tests/node and the demo.
 node: venv debian-packages k8s-binaries helm-binary images
-	$(PY) -m pytest -q -m "node and not chaos" tests
+	$(PY) -m pytest -q -m node tests
 
 # pytest exits 5 when it collects no test; make treats any non-zero exit as failure.
 test: venv debian-packages k8s-binaries helm-binary images lint
-	$(PY) -m pytest -q -m "not chaos" tests
+	$(PY) -m pytest -q tests
 
 cluster: venv debian-packages k8s-binaries images
 	$(PY) -m testbed.cluster
@@ -97,10 +97,9 @@ bench-quick: $(BENCH_STAMP) debian-packages k8s-binaries images
 
 # The chaos suite's long profile on a real node of its own: one fault per trial at a seeded moment
 # of a release, under load; a table per fault kind to bench/results/chaos.json. A failing trial
-# prints its replay command (make chaos SEED=<seed> TRIALS=1 FAULT=<fault>). The short profile
-# (tests/node/test_chaos.py, 24 trials) is `make chaos-short`: out of make test until the 8 s of
-# refused connections its seed 1617 once showed after an agent kill is explained (README, "What
-# happens when things fail").
+# prints its replay command (make chaos SEED=<seed> TRIALS=1 FAULT=<fault>) and, when requests
+# failed, what the Service's endpoints, the pods and kube-proxy's rules were meanwhile. The short
+# profile (tests/node/test_chaos.py, 24 trials) runs in make test; `make chaos-short` runs it alone.
 TRIALS ?= 200
 SEED   ?= 1
 chaos: venv debian-packages k8s-binaries images

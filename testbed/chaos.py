@@ -188,7 +188,8 @@ class Changes(threading.Thread):
         """Each object's state as `margin` before `start` began (its last line before), then its
         changes until `margin` after `end`, each with its time relative to `start`."""
         before: dict[str, tuple[float, str, str]] = {}
-        during, last = [], {}
+        during: list[tuple[float, str, str]] = []
+        last: dict[str, str] = {}
         for at, wall, name, line in list(self.lines):
             if at < start - margin:
                 before[name] = (at, wall, line)
