@@ -176,6 +176,7 @@ class Changes(threading.Thread):
         self.lines: list[tuple[float, str, str, str]] = []
         """(monotonic time, wall clock, the object's name, the line) per change."""
         self.errors: list[str] = []
+        """Why a watch ended (an API server restart ends it too): an empty timeline then says why."""
         self._stop = threading.Event()
 
     def seen(self, name: str, line: str) -> None:
@@ -309,8 +310,8 @@ def log_lines(path: Path, start_wall: float, end_wall: float, needles: tuple[str
     """Lines of a klog log (`I1202 14:45:38.123456 ...`) between two wall-clock times holding a needle."""
     if not path.is_file():
         return []
-    day = time.strftime("%m%d", time.gmtime(start_wall))
-    lo, hi = (time.strftime("%H:%M:%S", time.gmtime(t)) for t in (start_wall, end_wall))
+    day = time.strftime("%m%d", time.localtime(start_wall))  # klog writes local time
+    lo, hi = (time.strftime("%H:%M:%S", time.localtime(t)) for t in (start_wall, end_wall))
     out = []
     for line in path.read_text(errors="replace").splitlines():
         stamp = line[1:5], line[6:14]
@@ -637,6 +638,7 @@ class ChaosRun:
                  f"{end - seen.started_at:.1f}s into the trial ({seen.failure_kinds}); meanwhile (s from the first):"]
         for timeline in self.timelines:
             lines += timeline.around(start, end)
+            lines += [f"(its watch ended with: {error})" for error in timeline.errors[-2:]]
         lines += log_lines(logs / "kubelet.log", to_wall + start - 5, to_wall + end + 5,
                            ("Probe failed", "readiness", "Killing", "SyncLoop", "restart", "Container"))[-60:]
         lines += log_lines(logs / "kube-proxy.log", to_wall + start - 5, to_wall + end + 5, ("",))[-30:]

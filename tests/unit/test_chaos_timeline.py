@@ -3,7 +3,10 @@ the EndpointSlices' and pods' one-line states, and only the changes around the f
 
 from __future__ import annotations
 
-from testbed.chaos import Changes, describe_pod, describe_slice, proxy_rules
+import time
+from pathlib import Path
+
+from testbed.chaos import Changes, describe_pod, describe_slice, log_lines, proxy_rules
 
 NAT = """-N KUBE-SVC-ABC
 -A KUBE-SERVICES -d 10.96.0.9/32 -p tcp -m comment --comment "chaos/web:http cluster IP" -j KUBE-SVC-ABC
@@ -53,3 +56,15 @@ def test_around_gives_the_state_before_then_the_changes_near_the_failures_only()
     assert changes.around(10.0, 13.0, margin=5) == ["  -9.00s t1 a ready", "  -8.00s t2 b ready",
                                                     "  +2.00s t4 a not-ready"]
     assert changes.around(40.0, 41.0, margin=5) == [" -26.00s t5 b ready", " -10.00s t6 a ready"]
+
+
+def test_log_lines_are_picked_by_klogs_local_time_and_a_needle(tmp_path: Path) -> None:
+    at = time.mktime((2026, 12, 2, 14, 59, 6, 0, 0, -1))
+    log = tmp_path / "kubelet.log"
+    log.write_text('I1202 14:59:04.1 1 kubelet.go:1] "Probe failed" early\n'
+                   'I1202 14:59:06.0 1 kubelet.go:1] "Probe failed" pod="chaos/web-1"\n'
+                   'I1202 14:59:06.5 1 kubelet.go:1] "other" pod="chaos/web-1"\n'
+                   'I1202 14:59:09.0 1 kubelet.go:1] "Probe failed" late\n')
+    assert log_lines(log, at, at + 2, ("Probe failed",)) == [
+        'I1202 14:59:06.0 1 kubelet.go:1] "Probe failed" pod="chaos/web-1"']
+    assert log_lines(tmp_path / "none.log", at, at + 2, ("",)) == []
